@@ -1,0 +1,1 @@
+"""Activation stores, SAE training, scoring, reports and the gallery."""

@@ -1,0 +1,1 @@
+"""frobnolab: an interpretability lab for image models whose optimal outputs are known."""

@@ -1,0 +1,1 @@
+"""Models with known optimal outputs (coordinate fields, autoencoders, TAESD / SD VAE adapters)."""

@@ -1,0 +1,342 @@
+"""Datasets of renders: chunked ``.npy`` arrays plus a JSON manifest, readable with numpy alone.
+
+Layout of a dataset folder::
+
+    manifest.json           schema (each buffer's dtype, shape, units, meaning), family, seed, versions, hashes
+    provenance.json         when, where and how it was made (not hashed: it differs between identical runs)
+    family.yaml             the family file's text, as rendered
+    camera_K.npy            (N, 3, 3) float64 intrinsics
+    camera_pose.npy         (N, 4, 4) float64 camera-to-world poses (OpenGL convention)
+    factors.npy             (N, F) float64 scene factors, NaN where an image lacks one; names in the manifest
+    shards/000000/rgb.npy   (n, H, W, 3) ... one file per buffer per shard of ``shard_size`` images
+
+Rendering works shard by shard in worker processes, into ``OUT.partial/``; each finished shard is renamed into
+place atomically, so an interrupted render resumes with the shards it lacks. Only when every shard is done is the
+folder renamed to ``OUT``: a dataset is never left half-written under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "frobnolab.dataset/1"
+SHARDS = "shards"
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """What a render makes; two renders with equal configs write byte-identical arrays."""
+
+    family: str
+    """Shipped family name or path of a family file."""
+    n: int = 64
+    """Number of images."""
+    size: int | None = None
+    """Image side in pixels (square); None takes the family's default."""
+    seed: int = 0
+    """Dataset seed; image i draws from a generator seeded by (seed, i)."""
+    shard_size: int = 16
+    """Images per shard (one chunk of every array, one unit of parallel work and of resumption)."""
+
+    def check(self):
+        for name, lo in (("n", 1), ("shard_size", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.size is not None and (not isinstance(self.size, int) or not 8 <= self.size <= 4096):
+            raise ValueError(f"size must be an integer in [8, 4096], got {self.size!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("frobnolab", "numpy", "trimesh", "pyrender-maintained", "PyOpenGL", "embreex"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes | str):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------------ writing
+
+_WORKER: dict = {}
+
+
+def _init_worker(family_path: str, size: int):
+    from .family import load_family
+    from .render import Renderer
+
+    _WORKER["family"] = load_family(family_path)
+    _WORKER["renderer"] = Renderer(size)
+
+
+def _render_shard(args) -> int:
+    """Render one shard into ``shards/NNNNNN`` (atomically) and return its image count."""
+    work, cfg_dict, shard = args
+    from .render import BUFFERS
+
+    cfg = RenderConfig(**cfg_dict)
+    fam, renderer = _WORKER["family"], _WORKER["renderer"]
+    lo, hi = shard * cfg.shard_size, min(cfg.n, (shard + 1) * cfg.shard_size)
+    bufs = {b.name: [] for b in BUFFERS}
+    Ks, poses, factors = [], [], []
+    for i in range(lo, hi):
+        scene = fam.sample(i, seed=cfg.seed, size=renderer.width)
+        out = renderer.render(scene)
+        for name in bufs:
+            bufs[name].append(out[name])
+        Ks.append(scene.camera.K)
+        poses.append(scene.camera.pose)
+        factors.append(scene.factors)
+    final = Path(work) / SHARDS / f"{shard:06d}"
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for b in BUFFERS:
+        np.save(tmp / f"{b.name}.npy", np.stack(bufs[b.name]).astype(b.dtype))
+    np.save(tmp / "camera_K.npy", np.stack(Ks))
+    np.save(tmp / "camera_pose.npy", np.stack(poses))
+    (tmp / "factors.json").write_text(json.dumps(factors, sort_keys=True))
+    os.replace(tmp, final)
+    return hi - lo
+
+
+def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, force: bool = False,
+                   progress: bool = True, command: str = "") -> Path:
+    """Render ``cfg`` into the dataset folder ``out``; returns its path.
+
+    workers: processes (0: one per core, at most one per shard; 1: render in this process).
+    An existing dataset with the same config is left as it is (up to date); a different one is an error unless
+    ``force``. An interrupted render into the same ``out`` resumes.
+    """
+    from tqdm.auto import tqdm
+
+    from .family import load_family
+    from .render import BUFFERS
+
+    cfg.check()
+    family = load_family(cfg.family)  # validates before anything is written
+    size = family.default_size if cfg.size is None else cfg.size
+    cfg = RenderConfig(**{**asdict(cfg), "size": size, "family": str(family.path)})
+    key = {"family_sha256": family.sha256, "n": cfg.n, "size": size, "seed": cfg.seed, "shard_size": cfg.shard_size}
+    out = Path(out)
+    if (out / "manifest.json").exists():
+        old = json.loads((out / "manifest.json").read_text())
+        if old.get("key") == key:
+            return out
+        if not force:
+            raise FileExistsError(f"{out}: a different dataset is already there (use --force to replace it)")
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out}: exists and is not a frobnolab dataset (use --force to replace it)")
+        shutil.rmtree(out)
+    work = out.with_name(out.name + ".partial")
+    plan = work / "plan.json"
+    if work.exists() and (not plan.exists() or json.loads(plan.read_text()) != key):
+        shutil.rmtree(work)  # a partial render of something else: not resumable
+    (work / SHARDS).mkdir(parents=True, exist_ok=True)
+    _atomic_write(plan, json.dumps(key))
+
+    n_shards = -(-cfg.n // cfg.shard_size)
+    todo = [s for s in range(n_shards) if not (work / SHARDS / f"{s:06d}").is_dir()]
+    done_imgs = cfg.n - sum(min(cfg.n, (s + 1) * cfg.shard_size) - s * cfg.shard_size for s in todo)
+    t0 = time.time()
+    bar = tqdm(total=cfg.n, initial=done_imgs, unit="img", desc=f"render {family.name}", disable=not progress)
+    jobs = [(str(work), asdict(cfg), s) for s in todo]
+    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+    try:
+        if workers <= 1:
+            _init_worker(str(family.path), size)
+            try:
+                for job in jobs:
+                    bar.update(_render_shard(job))
+            finally:
+                _WORKER.pop("renderer").close()
+        else:
+            ctx = mp.get_context("spawn")  # GL contexts do not survive fork
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(family.path), size)) as pool:
+                for count in pool.imap_unordered(_render_shard, jobs):
+                    bar.update(count)
+    finally:
+        bar.close()
+    _finalize(work, out, cfg, family, key, BUFFERS, command=command, seconds=time.time() - t0)
+    return out
+
+
+def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffers, command: str, seconds: float):
+    shards = sorted(p for p in (work / SHARDS).iterdir() if p.is_dir() and not p.name.startswith("."))
+    factor_rows: list[dict] = []
+    for s in shards:
+        factor_rows += json.loads((s / "factors.json").read_text())
+    names = sorted({k for row in factor_rows for k in row})
+    factors = np.array([[row.get(k, np.nan) for k in names] for row in factor_rows], dtype=np.float64)
+    np.save(work / "factors.npy", factors.reshape(len(factor_rows), len(names)))
+    for name in ("camera_K", "camera_pose"):
+        np.save(work / f"{name}.npy", np.concatenate([np.load(s / f"{name}.npy") for s in shards]))
+    (work / "family.yaml").write_text(family.source)
+
+    hashes = {}
+    for b in [x.name for x in buffers] + ["camera_K", "camera_pose"]:
+        h = hashlib.sha256()
+        for s in shards:
+            h.update(_sha256(s / f"{b}.npy").encode())
+        hashes[b] = h.hexdigest()
+    hashes["factors"] = _sha256(work / "factors.npy")
+    first = np.load(shards[0] / f"{buffers[0].name}.npy", mmap_mode="r")
+    h, w = first.shape[1:3]
+    manifest = {
+        "format": FORMAT,
+        "key": key,
+        "family": {"name": family.name, "file": "family.yaml", "sha256": family.sha256, "source": str(family.path)},
+        "n": cfg.n, "height": int(h), "width": int(w), "seed": cfg.seed, "shard_size": cfg.shard_size,
+        "shards": [s.name for s in shards],
+        "buffers": [{"name": b.name, "dtype": b.dtype,
+                     "shape": ["N", int(h), int(w)] + ([b.channels] if b.channels else []),
+                     "units": b.units, "meaning": b.meaning} for b in buffers],
+        "per_image": {"camera_K": "(N, 3, 3) intrinsics, pixel centres at +0.5",
+                      "camera_pose": "(N, 4, 4) camera-to-world, OpenGL convention (looks down -z, +y up)",
+                      "factors": "(N, F) scene factors; NaN where an image lacks one"},
+        "factor_names": names,
+        "versions": versions(),
+        "sha256": hashes,
+    }
+    manifest["dataset_sha256"] = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    _atomic_write(work / "manifest.json", json.dumps(manifest, indent=1))
+    _atomic_write(work / "provenance.json", json.dumps({
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "command": command,
+        "render_seconds": round(seconds, 3), "argv": sys.argv}, indent=1))
+    (work / "plan.json").unlink()
+    os.replace(work, out)
+
+
+# ------------------------------------------------------------------------------------------------------------ reading
+
+
+class ChunkedArray:
+    """One buffer of a dataset: shards memory-mapped lazily, indexed along the first axis like an array."""
+
+    def __init__(self, files: list[Path], counts: list[int], dtype, tail_shape: tuple):
+        self._files, self._maps = files, [None] * len(files)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.dtype, self.shape = np.dtype(dtype), (int(self._starts[-1]),) + tuple(tail_shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def _shard(self, k: int) -> np.ndarray:
+        if self._maps[k] is None:
+            self._maps[k] = np.load(self._files[k], mmap_mode="r")
+        return self._maps[k]
+
+    def __getitem__(self, index):
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        if isinstance(first, (int, np.integer)):
+            i = int(first) + (len(self) if first < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {first} out of range for {len(self)} images")
+            k = int(np.searchsorted(self._starts, i, side="right") - 1)
+            return np.asarray(self._shard(k)[(i - self._starts[k],) + rest])
+        idx = np.arange(len(self))[first]
+        if len(idx) == 0:
+            return np.empty((0,) + self.shape[1:], self.dtype)[(slice(None),) + rest]
+        shard = np.searchsorted(self._starts, idx, side="right") - 1
+        parts = []
+        # Consecutive indices within one shard are read as one slice.
+        breaks = np.flatnonzero((np.diff(shard) != 0) | (np.diff(idx) != 1)) + 1
+        for run in np.split(np.arange(len(idx)), breaks):
+            k, a = shard[run[0]], idx[run[0]] - self._starts[shard[run[0]]]
+            parts.append(self._shard(k)[(slice(a, a + len(run)),) + rest])
+        return np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+
+class Dataset:
+    """A rendered dataset folder. ``ds["depth"][10:20]`` reads ten depth maps without loading the rest."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mf = self.path / "manifest.json"
+        if not mf.exists():
+            raise FileNotFoundError(f"{self.path}: not a frobnolab dataset (no manifest.json)")
+        self.manifest = json.loads(mf.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{mf}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        shard_dirs = [self.path / SHARDS / s for s in self.manifest["shards"]]
+        n, ss = self.manifest["n"], self.manifest["shard_size"]
+        counts = [min(n, (i + 1) * ss) - i * ss for i in range(len(shard_dirs))]
+        self._arrays = {b["name"]: ChunkedArray([d / f"{b['name']}.npy" for d in shard_dirs], counts, b["dtype"],
+                                                tuple(b["shape"][1:])) for b in self.manifest["buffers"]}
+        self.camera_K = np.load(self.path / "camera_K.npy")
+        self.camera_pose = np.load(self.path / "camera_pose.npy")
+        self.factors = np.load(self.path / "factors.npy")
+        self.factor_names: list[str] = self.manifest["factor_names"]
+
+    def __len__(self):
+        return self.manifest["n"]
+
+    @property
+    def buffers(self) -> list[str]:
+        return list(self._arrays)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.manifest["height"], self.manifest["width"]
+
+    def __getitem__(self, name: str) -> ChunkedArray:
+        if name not in self._arrays:
+            raise KeyError(f"no buffer {name!r} in {self.path} (has: {', '.join(self._arrays)})")
+        return self._arrays[name]
+
+    def image(self, i: int) -> dict[str, np.ndarray]:
+        """Every buffer of image ``i``."""
+        return {name: arr[i] for name, arr in self._arrays.items()}
+
+    def family(self):
+        """The scene family this dataset was rendered from (its stored text), to rebuild scene i exactly."""
+        from .family import load_family
+
+        # The original file first: its relative mesh and texture paths resolve next to it.
+        src = Path(self.manifest["family"].get("source", ""))
+        if src.is_file():
+            fam = load_family(src)
+            if fam.sha256 == self.manifest["family"]["sha256"]:
+                return fam
+        return load_family(self.path / "family.yaml")
+
+    def scene(self, i: int):
+        """Scene ``i`` rebuilt from the stored family and seed: exact point and ray queries for that image."""
+        return self.family().sample(i, seed=self.manifest["seed"], size=self.manifest["width"])

@@ -1,0 +1,303 @@
+"""Scene families: files (YAML or TOML) that describe a distribution of scenes, and sampling scenes from them.
+
+A family is validated once when loaded (:func:`load_family`); :meth:`Family.sample` then builds scene ``index`` of a
+dataset with seed ``seed``. Each scene draws from its own generator, seeded by ``(seed, index)``, so a scene does not
+depend on how a render is split into shards or on which scenes were rendered before it.
+
+See ``scenes/families/*.yaml`` for the shipped families and ``frobnolab families describe NAME`` for their text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import schema as S
+from .primitives import ANALYTIC_SHAPES, MeshShape, Primitive
+from .scene import Camera, Light, Material, Scene, SceneObject, look_at, srgb_to_linear
+from .textures import Texture
+
+FAMILY_DIR = Path(__file__).parent / "families"
+
+
+def _texture_schema(base: Path):
+    def readable_image(path, p):
+        f = (base / path).resolve()
+        try:
+            from PIL import Image
+
+            with Image.open(f) as im:
+                im.verify()
+        except Exception as e:  # noqa: BLE001 - any failure to decode means unreadable
+            S.fail(p, f"unreadable texture image {str(f)!r}: {type(e).__name__}: {e}")
+
+    pattern = {"scale": (S.number(0, open_lo=True), 2.0), "color2": (S.color(), [1.0, 1.0, 1.0])}
+    return S.tagged("type", {
+        "plain": S.record({}),
+        "checker": S.record(pattern),
+        "stripes": S.record(pattern),
+        "noise": S.record(pattern),
+        "image": S.record({"path": (S.string(readable_image), S.REQUIRED)}),
+    })
+
+
+def _schema(base: Path):
+    def existing_mesh(path, p):
+        if not (base / path).is_file():
+            S.fail(p, f"mesh file not found: {str((base / path).resolve())!r}")
+
+    material = S.record({
+        "color": (S.color(), [0.7, 0.7, 0.7]),
+        "roughness": (S.number(0.0, 1.0), 0.5),
+        "metallic": (S.number(0.0, 1.0), 0.0),
+        "texture": (_texture_schema(base), {"type": "plain"}),
+    })
+    angle = S.number(-360.0, 360.0)
+    obj = S.record({
+        "name": (S.string(), None),
+        "shape": (S.enum(*ANALYTIC_SHAPES, "mesh"), S.REQUIRED),
+        "mesh": (S.string(existing_mesh), None),
+        "count": (S.number(0, 64, integer=True), 1),
+        "size": (S.number(0.0, open_lo=True), 0.5),
+        "aspect": (S.number(0.0, open_lo=True), 1.0),
+        "minor": (S.number(0.0, 1.0, open_lo=True), 0.35),
+        "x": (S.number(), 0.0),
+        "z": (S.number(), 0.0),
+        "elevation": (S.number(0.0), 0.0),
+        "yaw": (angle, 0.0), "pitch": (angle, 0.0), "roll": (angle, 0.0),
+        "material": (material, {}),
+    })
+    vec3 = S.vector(3, S.number())
+    intensity = S.number(0.0)
+    light = S.tagged("type", {
+        "directional": S.record({"azimuth": (angle, 45.0), "elevation": (S.number(-90.0, 90.0), 45.0),
+                                 "intensity": (intensity, 3.0), "color": (S.color(), [1.0, 1.0, 1.0])}),
+        "point": S.record({"position": (vec3, S.REQUIRED), "intensity": (intensity, 20.0),
+                           "color": (S.color(), [1.0, 1.0, 1.0])}),
+        "spot": S.record({"position": (vec3, S.REQUIRED), "target": (vec3, [0.0, 0.0, 0.0]),
+                          "intensity": (intensity, 20.0), "color": (S.color(), [1.0, 1.0, 1.0]),
+                          "inner_angle": (S.number(0.0, 90.0), 15.0),
+                          "outer_angle": (S.number(0.0, 90.0, open_lo=True), 30.0)}),
+    })
+    camera = S.record({
+        "yfov": (S.number(1.0, 170.0), 45.0),
+        "pose": (S.tagged("type", {
+            "orbit": S.record({"target": (vec3, [0.0, 0.0, 0.0]), "radius": (S.number(0.0, open_lo=True), 4.0),
+                               "azimuth": (angle, 0.0), "elevation": (S.number(-89.0, 89.0), 30.0)}),
+            "look_at": S.record({"eye": (vec3, S.REQUIRED), "target": (vec3, [0.0, 0.0, 0.0])}),
+        }), {"type": "orbit"}),
+    })
+    floor = S.record({"extent": (S.number(0.0, open_lo=True), 5.0), "material": (material, {})})
+    return S.record({
+        "name": (S.string(), S.REQUIRED),
+        "description": (S.string(), None),
+        "size": (S.number(8, 4096, integer=True, dist=False), 64),
+        "camera": (camera, {}),
+        "background": (S.color(), [0.0, 0.0, 0.0]),
+        "ambient": (S.record({"intensity": (intensity, 0.1), "color": (S.color(), [1.0, 1.0, 1.0])}), {}),
+        "lights": (S.list_of(light), []),
+        "floor": (S.optional(floor), None),
+        "objects": (S.list_of(obj), []),
+        "avoid_overlap": (S.enum("yes", "no", dist=False), "yes"),
+    })
+
+
+@dataclass
+class Family:
+    """A validated scene family. ``spec`` is the validated tree; ``source`` the file's text."""
+
+    name: str
+    path: Path
+    source: str
+    spec: dict
+
+    @property
+    def description(self) -> str:
+        d = self.spec.get("description")
+        return d.value if d else ""
+
+    @property
+    def default_size(self) -> int:
+        return self.spec["size"].value
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def sample(self, index: int, seed: int = 0, size: int | None = None) -> Scene:
+        """Build scene ``index`` of the dataset with seed ``seed`` at ``size`` x ``size`` pixels."""
+        size = self.default_size if size is None else size
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"image size must be a positive integer, got {size!r}")
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+        return _build(self, S.Sampler(rng), size)
+
+
+def load_family(name_or_path: str | Path) -> Family:
+    """Load a shipped family by name (``shapes``) or a family file by path; raises :class:`FamilyError`."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = FAMILY_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise S.FamilyError(str(name_or_path), "", f"no such family (shipped: {', '.join(shipped_families())})")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise S.FamilyError(str(path), "", f"cannot read: {e.strerror or e}") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise S.FamilyError(str(path), "", f"not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                            f"{str(e).splitlines()[0]}") from None
+    spec = S.run_check(_schema(path.parent), raw, str(path))
+    for i, o in enumerate(spec["objects"]):
+        if o["shape"] == S.Const("mesh") and o["mesh"] is None:
+            raise S.FamilyError(str(path), f"objects[{i}].mesh", "required when shape is 'mesh'")
+    return Family(spec["name"].value, path, text, spec)
+
+
+def shipped_families() -> list[str]:
+    return sorted(p.stem for p in FAMILY_DIR.glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------------------- building
+
+
+def _color(c) -> np.ndarray:
+    """A resolved colour spec -> linear RGB."""
+    if "rgb" in c:
+        return srgb_to_linear(c["rgb"])
+    import colorsys
+
+    h, s, v = c["hsv"]
+    return srgb_to_linear(colorsys.hsv_to_rgb((h % 360) / 360.0, s, v))
+
+
+def _material(m, base: Path, seed: int) -> Material:
+    t = m["texture"]
+    tex = Texture(kind=t["type"], seed=seed)
+    if t["type"] in ("checker", "stripes", "noise"):
+        tex.scale, tex.color2 = t["scale"], _color(t["color2"])
+    elif t["type"] == "image":
+        tex.image = _load_image(str((base / t["path"]).resolve()))
+    return Material(color=_color(m["color"]), roughness=m["roughness"], metallic=m["metallic"], texture=tex)
+
+
+_IMAGES: dict[str, np.ndarray] = {}
+_MESHES: dict[str, MeshShape] = {}
+_PRIMS: dict[tuple, Primitive] = {}
+
+
+def _load_image(path: str) -> np.ndarray:
+    if path not in _IMAGES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            _IMAGES[path] = srgb_to_linear(np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0)
+    return _IMAGES[path]
+
+
+def _shape(o, base: Path):
+    if o["shape"] == "mesh":
+        path = str((base / o["mesh"]).resolve())
+        if path not in _MESHES:
+            _MESHES[path] = MeshShape(path)
+        return _MESHES[path]
+    # Quantise so that continuous aspect factors do not grow the cache without bound.
+    key = (o["shape"], round(o["aspect"], 6) if o["shape"] in ("box", "cylinder", "cone", "capsule") else 1.0,
+           round(o["minor"], 6) if o["shape"] == "torus" else 0.35)
+    if key not in _PRIMS:
+        _PRIMS[key] = Primitive(o["shape"], aspect=key[1], minor=key[2])
+    return _PRIMS[key]
+
+
+def _rotation(yaw, pitch, roll) -> np.ndarray:
+    import trimesh
+
+    R = trimesh.transformations.euler_matrix(*np.radians([pitch, yaw, roll]), axes="sxyz")
+    return R[:3, :3]
+
+
+def _dir_from(azimuth, elevation) -> np.ndarray:
+    """Unit vector pointing *from* the origin towards azimuth/elevation (degrees; azimuth about +y from +z)."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+    return np.array([np.cos(e) * np.sin(a), np.sin(e), np.cos(e) * np.cos(a)])
+
+
+def _build(fam: Family, sampler: S.Sampler, size: int) -> Scene:
+    base = fam.path.parent
+    spec = fam.spec
+    r = lambda tree, path: S.resolve(tree, sampler, path)  # noqa: E731
+
+    cam = r(spec["camera"], "camera")
+    pose = cam["pose"]
+    if pose["type"] == "orbit":
+        eye = np.asarray(pose["target"]) + pose["radius"] * _dir_from(pose["azimuth"], pose["elevation"])
+        cam_pose = look_at(eye, pose["target"])
+    else:
+        cam_pose = look_at(pose["eye"], pose["target"])
+    camera = Camera(yfov=np.radians(cam["yfov"]), width=size, height=size, pose=cam_pose)
+
+    lights = []
+    for i, spec_l in enumerate(spec["lights"]):
+        lt = r(spec_l, f"lights[{i}]")
+        color, inten = _color(lt["color"]), lt["intensity"]
+        if lt["type"] == "directional":
+            lights.append(Light("directional", color, inten, direction=-_dir_from(lt["azimuth"], lt["elevation"])))
+        else:
+            pos = np.asarray(lt["position"], dtype=np.float64)
+            light = Light(lt["type"], color, inten, position=pos)
+            if lt["type"] == "spot":
+                d = np.asarray(lt["target"]) - pos
+                light.direction = d / max(np.linalg.norm(d), 1e-12)
+                light.inner_angle = np.radians(min(lt["inner_angle"], lt["outer_angle"]))
+                light.outer_angle = np.radians(lt["outer_angle"])
+            lights.append(light)
+
+    amb = r(spec["ambient"], "ambient")
+    objects: list[SceneObject] = []
+    if spec["floor"] is not None:
+        fl = r(spec["floor"], "floor")
+        prim = Primitive("floor", extent=fl["extent"])
+        objects.append(SceneObject(prim, 1.0, np.eye(3), np.array([0.0, -prim.thickness, 0.0]),
+                                   _material(fl["material"], base, sampler.rng.integers(1 << 30)), name="floor"))
+    placed: list[tuple[float, float, float]] = []  # (x, z, footprint radius) of objects so far
+    k = 0
+    for i, spec_o in enumerate(spec["objects"]):
+        count = S.resolve(spec_o["count"], sampler, f"objects[{i}].count")
+        for _ in range(count):
+            path = f"object{k}"
+            o = r({key: v for key, v in spec_o.items() if key != "count"}, path)
+            shape = _shape(o, base)
+            R = _rotation(o["yaw"], o["pitch"], o["roll"])
+            verts = shape.mesh().vertices @ R.T * o["size"]
+            footprint = float(np.hypot(verts[:, 0], verts[:, 2]).max())
+            x, z = o["x"], o["z"]
+            if spec["avoid_overlap"].value == "yes":
+                for _try in range(100):
+                    if all(math.hypot(x - px, z - pz) >= footprint + pr for px, pz, pr in placed):
+                        break
+                    x = S.resolve(spec_o["x"], sampler, f"{path}.x")
+                    z = S.resolve(spec_o["z"], sampler, f"{path}.z")
+            placed.append((x, z, footprint))
+            t = np.array([x, o["elevation"] - verts[:, 1].min(), z])
+            mat = _material(o["material"], base, sampler.rng.integers(1 << 30))
+            objects.append(SceneObject(shape, o["size"], R, t, mat, name=o["name"] or o["shape"]))
+            sampler.factors[f"{path}.shape_class"] = float(_shape_index(o["shape"]))
+            k += 1
+    sampler.factors["object_count"] = float(k)
+    bg = r(spec["background"], "background")
+    return Scene(objects=objects, lights=lights, camera=camera,
+                 ambient=amb["intensity"] * _color(amb["color"]), background=_color(bg), factors=sampler.factors)
+
+
+def _shape_index(name: str) -> int:
+    from .primitives import SHAPE_CLASSES
+
+    return SHAPE_CLASSES.index(name)

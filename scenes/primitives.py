@@ -1,0 +1,188 @@
+"""Analytic primitives: a tessellated mesh for the rasteriser and an exact signed distance for queries.
+
+Every primitive lives in its own local frame: y is up, the shape is centred on the origin (its bounding box spans
+[-half_height, +half_height] in y), and its characteristic radius is 1. A scene places it with a uniform scale, a
+rotation and a translation, so world distances are ``scale * sdf_local``.
+
+Signed distances are negative inside (the opposite of ``trimesh.proximity.signed_distance``). The formulas are the
+exact ones of Inigo Quilez's catalogue; the meshes are fine enough that the tessellated surface lies within about
+1e-3 (relative to the scale) of the analytic one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import trimesh
+
+#: Shape classes, in the order of the ``shape_class`` buffer (0 is the background).
+SHAPE_CLASSES = ("background", "floor", "sphere", "box", "cylinder", "cone", "torus", "capsule", "mesh")
+ANALYTIC_SHAPES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
+MAX_CURVATURE = 20.0  # local units
+
+_Z_TO_Y = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])  # trimesh builds along +z; we want +y
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One analytic shape in its local frame.
+
+    shape: one of ``ANALYTIC_SHAPES`` or ``"floor"``.
+    aspect: half-height over radius for box, cylinder, cone; half segment length for the capsule.
+    minor: the torus's tube radius (its ring radius is 1).
+    extent: the floor's half side (its thickness is ``2 * thickness``).
+    """
+
+    shape: str
+    aspect: float = 1.0
+    minor: float = 0.35
+    extent: float = 5.0
+    thickness: float = 0.05
+    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def half_height(self) -> float:
+        """Half of the y extent of the shape in local units."""
+        return {
+            "sphere": 1.0,
+            "box": self.aspect,
+            "cylinder": self.aspect,
+            "cone": self.aspect,
+            "torus": self.minor,
+            "capsule": self.aspect + 1.0,
+            "floor": self.thickness,
+        }[self.shape]
+
+    def mesh(self) -> trimesh.Trimesh:
+        """The tessellated surface in the local frame (cached: primitives are immutable)."""
+        if "mesh" not in self._cache:
+            self._cache["mesh"] = self._build_mesh()
+        return self._cache["mesh"]
+
+    def _build_mesh(self) -> trimesh.Trimesh:
+        a = self.aspect
+        if self.shape == "sphere":
+            return trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+        if self.shape == "box":
+            return trimesh.creation.box(extents=[2.0, 2.0 * a, 2.0])
+        if self.shape == "floor":
+            return trimesh.creation.box(extents=[2 * self.extent, 2 * self.thickness, 2 * self.extent])
+        if self.shape == "cylinder":
+            m = trimesh.creation.cylinder(radius=1.0, height=2.0 * a, sections=96)
+        elif self.shape == "cone":
+            m = trimesh.creation.cone(radius=1.0, height=2.0 * a, sections=96)
+            m.apply_translation([0, 0, -a])
+        elif self.shape == "capsule":
+            m = trimesh.creation.capsule(height=2.0 * a, radius=1.0, count=[48, 48])
+        elif self.shape == "torus":
+            m = trimesh.creation.torus(1.0, self.minor, major_sections=96, minor_sections=48)
+        else:
+            raise ValueError(f"unknown primitive shape {self.shape!r}")
+        m.apply_transform(_Z_TO_Y)
+        return m
+
+    def sdf(self, p_N3: np.ndarray) -> np.ndarray:
+        """Exact signed distance (negative inside) at local points ``(N, 3)`` -> ``(N,)``."""
+        p = np.asarray(p_N3, dtype=np.float64)
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        s = self.shape
+        if s == "sphere":
+            return np.linalg.norm(p, axis=1) - 1.0
+        if s in ("box", "floor"):
+            half = (1.0, self.aspect, 1.0) if s == "box" else (self.extent, self.thickness, self.extent)
+            q = np.abs(p) - np.asarray(half)
+            outside = np.linalg.norm(np.maximum(q, 0.0), axis=1)
+            return outside + np.minimum(q.max(axis=1), 0.0)
+        r = np.hypot(x, z)
+        if s == "cylinder":
+            dx, dy = r - 1.0, np.abs(y) - self.aspect
+            return np.minimum(np.maximum(dx, dy), 0.0) + np.hypot(np.maximum(dx, 0), np.maximum(dy, 0))
+        if s == "capsule":
+            yc = y - np.clip(y, -self.aspect, self.aspect)
+            return np.sqrt(r**2 + yc**2) - 1.0
+        if s == "torus":
+            return np.hypot(r - 1.0, y) - self.minor
+        if s == "cone":
+            return _capped_cone(r, y, self.aspect, 1.0, 0.0)
+        raise ValueError(f"unknown primitive shape {s!r}")
+
+    def normal(self, p_N3: np.ndarray, h: float = 1e-5) -> np.ndarray:
+        """Unit outward normal: the normalised gradient of the SDF (central differences), ``(N, 3)``."""
+        p = np.asarray(p_N3, dtype=np.float64)
+        g = np.empty_like(p)
+        for k in range(3):
+            e = np.zeros(3)
+            e[k] = h
+            g[:, k] = self.sdf(p + e) - self.sdf(p - e)
+        n = np.linalg.norm(g, axis=1, keepdims=True)
+        return g / np.where(n > 0, n, 1.0)
+
+    def mean_curvature(self, p_N3: np.ndarray, h: float = 1e-3) -> np.ndarray:
+        """Mean curvature (local units) at surface points: half the SDF's Laplacian, ``(N,)``.
+
+        On sharp edges the curvature is a delta; it is clipped to +-MAX_CURVATURE (radius 1/20 of the shape's).
+        """
+        p = np.asarray(p_N3, dtype=np.float64)
+        lap = -6.0 * self.sdf(p)
+        for k in range(3):
+            e = np.zeros(3)
+            e[k] = h
+            lap += self.sdf(p + e) + self.sdf(p - e)
+        return np.clip(0.5 * lap / h**2, -MAX_CURVATURE, MAX_CURVATURE)
+
+
+def _capped_cone(r, y, h, r1, r2):
+    """Exact SDF of a cone frustum of half-height h, bottom radius r1 and top radius r2 (iq)."""
+    qx, qy = r, y
+    k1x, k1y = r2, h
+    k2x, k2y = r2 - r1, 2.0 * h
+    cax = qx - np.minimum(qx, np.where(qy < 0.0, r1, r2))
+    cay = np.abs(qy) - h
+    t = np.clip(((k1x - qx) * k2x + (k1y - qy) * k2y) / (k2x**2 + k2y**2), 0.0, 1.0)
+    cbx = qx - k1x + k2x * t
+    cby = qy - k1y + k2y * t
+    sign = np.where((cbx < 0.0) & (cay < 0.0), -1.0, 1.0)
+    return sign * np.sqrt(np.minimum(cax**2 + cay**2, cbx**2 + cby**2))
+
+
+class MeshShape:
+    """A triangle mesh from a file, normalised into the local frame of the primitives.
+
+    Its bounding box is centred on the origin and its largest horizontal half-extent is 1, so ``size`` means the
+    same thing as for the analytic shapes. Queries go through trimesh (exact for the mesh, slower than analytic).
+    """
+
+    shape = "mesh"
+
+    def __init__(self, path: str):
+        loaded = trimesh.load(path, force="mesh")
+        if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
+            raise ValueError(f"{path}: no triangles in mesh file")
+        m = loaded.copy()
+        lo, hi = m.bounds
+        m.apply_translation(-(lo + hi) / 2)
+        half = (hi - lo) / 2
+        m.apply_scale(1.0 / max(half[0], half[2], 1e-12))
+        self.path = str(path)
+        self._mesh = m
+        self._query = trimesh.proximity.ProximityQuery(m)
+
+    @property
+    def half_height(self) -> float:
+        return float(self._mesh.bounds[1, 1])
+
+    def mesh(self) -> trimesh.Trimesh:
+        return self._mesh
+
+    def sdf(self, p_N3: np.ndarray) -> np.ndarray:
+        # trimesh's sign is positive inside; ours is negative inside.
+        return -self._query.signed_distance(np.asarray(p_N3, dtype=np.float64))
+
+    def normal(self, p_N3: np.ndarray) -> np.ndarray:
+        _, _, tri = self._query.on_surface(np.asarray(p_N3, dtype=np.float64))
+        return self._mesh.face_normals[tri]
+
+    def mean_curvature(self, p_N3: np.ndarray) -> np.ndarray:
+        # Meshes carry no analytic curvature; flat facets have none.
+        return np.zeros(len(p_N3))

@@ -1,0 +1,190 @@
+"""Render a scene into an image and its exact ground-truth buffers.
+
+Who computes what:
+- pyrender (OpenGL; OSMesa on CPU, EGL on GPU) rasterises the triangles once per image, one sample at each pixel
+  centre: z-depth and instance ids (its segmentation pass).
+- numpy composes everything else from those two buffers: world position (depth unprojected), normals and curvature
+  (gradient and Laplacian of the object's exact SDF), albedo (the material's texture at the point), diffuse shading,
+  specular and cast shadows (lights evaluated per pixel, shadow rays cast with embree on the same triangles), edge
+  maps, and the image itself: ``rgb_linear = albedo * shading + specular`` exactly, ``rgb`` its sRGB encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import edges
+from .gl import pyrender
+from .primitives import SHAPE_CLASSES
+from .scene import Scene, linear_to_srgb, look_at, orient_towards
+from .shading import shade, specular_tint
+from .textures import MATERIAL_CLASSES
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    name: str
+    dtype: str
+    channels: int  # 0 for (H, W), else (H, W, channels)
+    units: str
+    meaning: str
+
+
+#: Every per-pixel buffer of a render, as stored in datasets (arrays of shape (N, H, W[, C])).
+BUFFERS = (
+    BufferSpec("rgb", "float32", 3, "sRGB in [0, 1]", "the image the models see: sRGB encoding of clip(rgb_linear)"),
+    BufferSpec("rgb_linear", "float32", 3, "linear RGB", "albedo * shading + specular, unclipped"),
+    BufferSpec("depth", "float32", 0, "world units", "z-depth along the camera's -z axis; 0 on background"),
+    BufferSpec("distance", "float32", 0, "world units", "distance from the camera centre along the ray; 0 on background"),
+    BufferSpec("normal_cam", "float32", 3, "unit vector", "surface normal in the camera frame (OpenGL: -z forward); 0 on background"),
+    BufferSpec("normal_world", "float32", 3, "unit vector", "surface normal in the world frame (y up); 0 on background"),
+    BufferSpec("position", "float32", 3, "world units", "world position of the visible surface point; 0 on background"),
+    BufferSpec("instance", "int16", 0, "id", "object k of the scene is k + 1 (the floor, when present, is 1); 0 background"),
+    BufferSpec("shape_class", "uint8", 0, "class", "index into SHAPE_CLASSES: " + ", ".join(SHAPE_CLASSES)),
+    BufferSpec("material", "uint8", 0, "class", "index into MATERIAL_CLASSES: " + ", ".join(MATERIAL_CLASSES)),
+    BufferSpec("albedo", "float32", 3, "linear RGB", "diffuse reflectance; the background colour on background"),
+    BufferSpec("shading", "float32", 3, "linear RGB irradiance", "ambient + sum of lights' n.l x visibility; 1 on background"),
+    BufferSpec("specular", "float32", 3, "linear RGB", "Blinn-Phong highlight radiance; 0 on background"),
+    BufferSpec("shadow", "bool", 0, "mask", "in the cast shadow of another object for at least one light"),
+    BufferSpec("foreground", "bool", 0, "mask", "shows an object other than the floor"),
+    BufferSpec("curvature", "float32", 0, "1 / world units", "mean curvature of the exact surface (0 for meshes)"),
+    BufferSpec("edge_silhouette", "bool", 0, "mask", "instance id differs from a 4-neighbour"),
+    BufferSpec("edge_depth", "bool", 0, "mask", f"ray distance jumps by > {edges.DEPTH_EDGE_REL:.0%} to a 4-neighbour"),
+    BufferSpec("edge_crease", "bool", 0, "mask", f"normal turns by > {edges.CREASE_DEG:g} degrees within one instance"),
+    BufferSpec("edge_albedo", "bool", 0, "mask", f"linear albedo changes by > {edges.ALBEDO_EDGE} in a channel"),
+)
+BUFFER_NAMES = tuple(b.name for b in BUFFERS)
+
+
+class Renderer:
+    """An offscreen renderer of one size; keep one per process (it owns a GL context)."""
+
+    def __init__(self, width: int, height: int | None = None):
+        height = width if height is None else height
+        if width < 1 or height < 1:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        self.width, self.height = int(width), int(height)
+        self._gl = pyrender.OffscreenRenderer(self.width, self.height)
+        self._meshes: dict[int, pyrender.Mesh] = {}  # id(shape) -> uploaded mesh, reused across scenes
+
+    def close(self):
+        self._gl.delete()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _mesh(self, shape) -> pyrender.Mesh:
+        key = id(shape)
+        if key not in self._meshes:
+            self._meshes[key] = pyrender.Mesh.from_trimesh(shape.mesh(), smooth=False)
+        return self._meshes[key]
+
+    def _check_size(self, scene: Scene):
+        cam = scene.camera
+        if (cam.width, cam.height) != (self.width, self.height):
+            raise ValueError(f"scene camera is {cam.width}x{cam.height}, renderer is {self.width}x{self.height}")
+
+    def rasterise(self, scene: Scene):
+        """pyrender's z-depth ``(H, W)`` (0 on background) and instance ids ``(H, W)``."""
+        self._check_size(scene)
+        cam = scene.camera
+        pr = pyrender.Scene(bg_color=[0, 0, 0, 0])
+        seg = {}
+        for k, obj in enumerate(scene.objects):
+            node = pr.add(self._mesh(obj.shape), pose=obj.pose)
+            i = k + 1
+            seg[node] = (i & 255, i >> 8, 0)
+        pr.add(pyrender.PerspectiveCamera(yfov=cam.yfov, aspectRatio=cam.width / cam.height,
+                                          znear=cam.znear, zfar=cam.zfar), pose=cam.pose)
+        color, depth = self._gl.render(pr, flags=pyrender.RenderFlags.SEG, seg_node_map=seg)
+        ids = color[..., 0].astype(np.int16) + (color[..., 1].astype(np.int16) << 8)
+        return depth.astype(np.float32), ids
+
+    def render_rgb(self, scene: Scene):
+        """Bare pyrender: its own PBR-shaded RGB and depth, for comparison (the benchmark's baseline)."""
+        self._check_size(scene)
+        cam = scene.camera
+        pr = pyrender.Scene(bg_color=np.append(scene.background, 1.0), ambient_light=scene.ambient)
+        for obj in scene.objects:
+            m = obj.material
+            mat = pyrender.MetallicRoughnessMaterial(baseColorFactor=np.append(m.color, 1.0),
+                                                     metallicFactor=m.metallic, roughnessFactor=m.roughness)
+            pr.add(pyrender.Mesh.from_trimesh(obj.shape.mesh(), material=mat, smooth=False), pose=obj.pose)
+        for light in scene.lights:
+            if light.kind == "directional":
+                pose = look_at(-light.direction, np.zeros(3))
+                pr.add(pyrender.DirectionalLight(color=light.color, intensity=light.intensity), pose=pose)
+            else:
+                pose = np.eye(4)
+                pose[:3, 3] = light.position
+                pr.add(pyrender.PointLight(color=light.color, intensity=light.intensity), pose=pose)
+        pr.add(pyrender.PerspectiveCamera(yfov=cam.yfov, aspectRatio=cam.width / cam.height,
+                                          znear=cam.znear, zfar=cam.zfar), pose=cam.pose)
+        return self._gl.render(pr)
+
+    def render(self, scene: Scene) -> dict[str, np.ndarray]:
+        """All of :data:`BUFFERS` for one scene, as a dict of arrays ``(H, W[, C])``."""
+        depth, ids = self.rasterise(scene)
+        return compose(scene, depth, ids)
+
+
+def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str, np.ndarray]:
+    """Every ground-truth buffer and the image, from rasterised z-depth and instance ids."""
+    cam = scene.camera
+    h, w = depth_HW.shape
+    fg = ids_HW > 0
+    pos_HW3 = cam.unproject(depth_HW.astype(np.float64))
+    pos = pos_HW3[fg]
+    inst = ids_HW[fg].astype(np.int64)
+    n = len(pos)
+    normal, albedo = np.zeros((n, 3)), np.zeros((n, 3))
+    curv, shape_cls, mat_cls = np.zeros(n), np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    for k, obj in enumerate(scene.objects):
+        sel = inst == k + 1
+        if not sel.any():
+            continue
+        normal[sel] = obj.normal(pos[sel])
+        albedo[sel] = obj.albedo(pos[sel])
+        curv[sel] = obj.mean_curvature(pos[sel])
+        shape_cls[sel] = SHAPE_CLASSES.index(obj.shape_name)
+        mat_cls[sel] = MATERIAL_CLASSES.index(obj.material.texture.kind)
+    dist = np.linalg.norm(pos - cam.center, axis=1)
+    view = (cam.center - pos) / np.maximum(dist, 1e-12)[:, None]
+    normal = orient_towards(normal, view)
+    diffuse, spec, cast = shade(scene, pos, normal, inst, view)
+    spec *= specular_tint(scene, inst, albedo)
+
+    out = {}
+
+    def scatter(values, fill, dtype):
+        full = np.full((h, w) + values.shape[1:], fill, dtype=dtype)
+        full[fg] = values
+        return full
+
+    out["albedo"] = scatter(albedo, 0, np.float32)
+    out["albedo"][~fg] = scene.background
+    out["shading"] = scatter(diffuse, 1, np.float32)
+    out["specular"] = scatter(spec, 0, np.float32)
+    out["rgb_linear"] = out["albedo"] * out["shading"] + out["specular"]
+    out["rgb"] = linear_to_srgb(out["rgb_linear"]).astype(np.float32)
+    out["depth"] = np.where(fg, depth_HW, 0).astype(np.float32)
+    out["distance"] = scatter(dist, 0, np.float32)
+    out["normal_world"] = scatter(normal, 0, np.float32)
+    out["normal_cam"] = scatter(normal @ cam.pose[:3, :3], 0, np.float32)
+    out["position"] = scatter(pos, 0, np.float32)
+    out["instance"] = ids_HW.astype(np.int16)
+    out["shape_class"] = scatter(shape_cls, 0, np.uint8)
+    out["material"] = scatter(mat_cls, 0, np.uint8)
+    out["shadow"] = scatter(cast, False, bool)
+    out["foreground"] = fg & (out["shape_class"] != SHAPE_CLASSES.index("floor"))
+    out["curvature"] = scatter(curv, 0, np.float32)
+    out["edge_silhouette"] = edges.silhouette(out["instance"])
+    out["edge_depth"] = edges.depth_edge(out["distance"], out["instance"])
+    out["edge_crease"] = edges.crease(out["normal_world"], out["instance"])
+    out["edge_albedo"] = edges.albedo_edge(out["albedo"])
+    return {b.name: out[b.name] for b in BUFFERS}
