@@ -38,6 +38,29 @@ def _cmd_render(args) -> int:
     return 0
 
 
+QUICKSTART_PRESETS = {
+    # name: (family, images, size)
+    "tiny": ("shapes", 16, 32),
+    "quickstart": ("shapes", 256, 64),
+}
+
+
+def _cmd_quickstart(args) -> int:
+    """The main job, end to end on an embedded default. For now: render the default family."""
+    from pathlib import Path
+
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+    family, n, size = QUICKSTART_PRESETS[args.preset]
+    run = Path(args.out)
+    data = render_dataset(RenderConfig(family, n=n, size=size, seed=args.seed), run / "render",
+                          workers=args.workers, progress=not args.quiet, command="frobnolab quickstart")
+    print(f"dataset:  {data}  ({n} images of {size}x{size}, family {family!r})")
+    print(f"preview:  {data / 'preview.png'}")
+    print(f"manifest: {data / 'manifest.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="frobnolab", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -62,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_render)
+
+    q = sub.add_parser("quickstart", help="run the main job end to end on an embedded default",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--preset", choices=sorted(QUICKSTART_PRESETS), default="quickstart",
+                   help="size of the run: tiny (seconds, for tests) or quickstart (minutes)")
+    q.add_argument("--out", default="runs/quickstart", help="run folder; each stage writes a subfolder")
+    q.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    q.add_argument("--workers", type=int, default=0, help="render processes; 0 = one per core")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(run=_cmd_quickstart)
     return p
 
 

@@ -4,6 +4,7 @@ Layout of a dataset folder::
 
     manifest.json           schema (each buffer's dtype, shape, units, meaning), family, seed, versions, hashes
     provenance.json         when, where and how it was made (not hashed: it differs between identical runs)
+    preview.png             a contact sheet of the first images and their ground truth
     family.yaml             the family file's text, as rendered
     camera_K.npy            (N, 3, 3) float64 intrinsics
     camera_pose.npy         (N, 4, 4) float64 camera-to-world poses (OpenGL convention)
@@ -205,6 +206,11 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
     for name in ("camera_K", "camera_pose"):
         np.save(work / f"{name}.npy", np.concatenate([np.load(s / f"{name}.npy") for s in shards]))
     (work / "family.yaml").write_text(family.source)
+    from .preview import contact_sheet
+
+    first_shard = {b.name: np.load(shards[0] / f"{b.name}.npy", mmap_mode="r") for b in buffers}
+    k = min(6, len(first_shard[buffers[0].name]))
+    contact_sheet([{name: a[i] for name, a in first_shard.items()} for i in range(k)], work / "preview.png")
 
     hashes = {}
     for b in [x.name for x in buffers] + ["camera_K", "camera_pose"]:

@@ -24,6 +24,7 @@ from .scene import Camera, Light, Material, Scene, SceneObject, look_at, srgb_to
 from .textures import Texture
 
 FAMILY_DIR = Path(__file__).parent / "families"
+WORLD = 1000.0  # bound on coordinates and extents, world units (the camera sees 100 units at most)
 
 
 def _texture_schema(base: Path):
@@ -59,22 +60,23 @@ def _schema(base: Path):
         "texture": (_texture_schema(base), {"type": "plain"}),
     })
     angle = S.number(-360.0, 360.0)
+    coord = S.number(-WORLD, WORLD)
     obj = S.record({
         "name": (S.string(), None),
         "shape": (S.enum(*ANALYTIC_SHAPES, "mesh"), S.REQUIRED),
         "mesh": (S.string(existing_mesh), None),
         "count": (S.number(0, 64, integer=True), 1),
-        "size": (S.number(0.0, open_lo=True), 0.5),
-        "aspect": (S.number(0.0, open_lo=True), 1.0),
+        "size": (S.number(0.0, 100.0, open_lo=True), 0.5),
+        "aspect": (S.number(0.0, 100.0, open_lo=True), 1.0),
         "minor": (S.number(0.0, 1.0, open_lo=True), 0.35),
-        "x": (S.number(), 0.0),
-        "z": (S.number(), 0.0),
-        "elevation": (S.number(0.0), 0.0),
+        "x": (coord, 0.0),
+        "z": (coord, 0.0),
+        "elevation": (S.number(0.0, WORLD), 0.0),
         "yaw": (angle, 0.0), "pitch": (angle, 0.0), "roll": (angle, 0.0),
         "material": (material, {}),
     })
-    vec3 = S.vector(3, S.number())
-    intensity = S.number(0.0)
+    vec3 = S.vector(3, coord)
+    intensity = S.number(0.0, 1e6)
     light = S.tagged("type", {
         "directional": S.record({"azimuth": (angle, 45.0), "elevation": (S.number(-90.0, 90.0), 45.0),
                                  "intensity": (intensity, 3.0), "color": (S.color(), [1.0, 1.0, 1.0])}),
@@ -88,12 +90,12 @@ def _schema(base: Path):
     camera = S.record({
         "yfov": (S.number(1.0, 170.0), 45.0),
         "pose": (S.tagged("type", {
-            "orbit": S.record({"target": (vec3, [0.0, 0.0, 0.0]), "radius": (S.number(0.0, open_lo=True), 4.0),
+            "orbit": S.record({"target": (vec3, [0.0, 0.0, 0.0]), "radius": (S.number(1e-3, 50.0), 4.0),
                                "azimuth": (angle, 0.0), "elevation": (S.number(-89.0, 89.0), 30.0)}),
             "look_at": S.record({"eye": (vec3, S.REQUIRED), "target": (vec3, [0.0, 0.0, 0.0])}),
         }), {"type": "orbit"}),
     })
-    floor = S.record({"extent": (S.number(0.0, open_lo=True), 5.0), "material": (material, {})})
+    floor = S.record({"extent": (S.number(0.0, WORLD, open_lo=True), 5.0), "material": (material, {})})
     return S.record({
         "name": (S.string(), S.REQUIRED),
         "description": (S.string(), None),
@@ -159,6 +161,10 @@ def load_family(name_or_path: str | Path) -> Family:
     for i, o in enumerate(spec["objects"]):
         if o["shape"] == S.Const("mesh") and o["mesh"] is None:
             raise S.FamilyError(str(path), f"objects[{i}].mesh", "required when shape is 'mesh'")
+    pose = spec["camera"]["pose"]
+    if pose["type"] == "look_at" and all(isinstance(v, S.Const) for v in pose["eye"] + pose["target"]):
+        if np.allclose([v.value for v in pose["eye"]], [v.value for v in pose["target"]]):
+            raise S.FamilyError(str(path), "camera.pose.eye", "the camera's eye is at its target")
     return Family(spec["name"].value, path, text, spec)
 
 

@@ -54,6 +54,34 @@ class Primitive:
             "floor": self.thickness,
         }[self.shape]
 
+    @property
+    def radius(self) -> float:
+        """Bounding-sphere radius of the mesh about the local origin."""
+        if "radius" not in self._cache:
+            self._cache["radius"] = float(np.linalg.norm(self.mesh().vertices, axis=1).max()) * (1 + 1e-6)
+        return self._cache["radius"]
+
+    @property
+    def convex(self) -> bool:
+        return self.shape != "torus"
+
+    @property
+    def base(self) -> "Primitive":
+        """The shape this one is a stretch of (itself if none), so renders and ray casts share its triangles:
+        boxes, cylinders and cones of any aspect, and floors, are a unit shape scaled along axes."""
+        if self.shape in ("box", "cylinder", "cone", "floor"):
+            return _unit(self.shape if self.shape != "floor" else "box")
+        return self
+
+    @property
+    def stretch(self) -> np.ndarray:
+        """Per-axis scale from :attr:`base`'s local frame to this one's, ``(3,)``."""
+        if self.shape in ("box", "cylinder", "cone"):
+            return np.array([1.0, self.aspect, 1.0])
+        if self.shape == "floor":
+            return np.array([self.extent, self.thickness, self.extent])
+        return np.ones(3)
+
     def mesh(self) -> trimesh.Trimesh:
         """The tessellated surface in the local frame (cached: primitives are immutable)."""
         if "mesh" not in self._cache:
@@ -74,7 +102,7 @@ class Primitive:
             m = trimesh.creation.cone(radius=1.0, height=2.0 * a, sections=96)
             m.apply_translation([0, 0, -a])
         elif self.shape == "capsule":
-            m = trimesh.creation.capsule(height=2.0 * a, radius=1.0, count=[48, 48])
+            m = trimesh.creation.capsule(height=2.0 * a, radius=1.0, count=[64, 64])
         elif self.shape == "torus":
             m = trimesh.creation.torus(1.0, self.minor, major_sections=96, minor_sections=48)
         else:
@@ -88,12 +116,13 @@ class Primitive:
         x, y, z = p[:, 0], p[:, 1], p[:, 2]
         s = self.shape
         if s == "sphere":
-            return np.linalg.norm(p, axis=1) - 1.0
+            return np.sqrt(x * x + y * y + z * z) - 1.0
         if s in ("box", "floor"):
             half = (1.0, self.aspect, 1.0) if s == "box" else (self.extent, self.thickness, self.extent)
-            q = np.abs(p) - np.asarray(half)
-            outside = np.linalg.norm(np.maximum(q, 0.0), axis=1)
-            return outside + np.minimum(q.max(axis=1), 0.0)
+            # Per-column arithmetic: numpy's axis=1 reductions over 3 columns are slow on many points.
+            qx, qy, qz = np.abs(x) - half[0], np.abs(y) - half[1], np.abs(z) - half[2]
+            ox, oy, oz = np.maximum(qx, 0.0), np.maximum(qy, 0.0), np.maximum(qz, 0.0)
+            return np.sqrt(ox * ox + oy * oy + oz * oz) + np.minimum(np.maximum(np.maximum(qx, qy), qz), 0.0)
         r = np.hypot(x, z)
         if s == "cylinder":
             dx, dy = r - 1.0, np.abs(y) - self.aspect
@@ -118,6 +147,20 @@ class Primitive:
         n = np.linalg.norm(g, axis=1, keepdims=True)
         return g / np.where(n > 0, n, 1.0)
 
+    def normal_and_curvature(self, p_N3: np.ndarray, h: float = 1e-4):
+        """:meth:`normal` and :meth:`mean_curvature` from one 7-point stencil (what rendering needs)."""
+        p = np.asarray(p_N3, dtype=np.float64)
+        centre = self.sdf(p)
+        g, lap = np.empty_like(p), -6.0 * centre
+        for k in range(3):
+            e = np.zeros(3)
+            e[k] = h
+            hi, lo = self.sdf(p + e), self.sdf(p - e)
+            g[:, k] = hi - lo
+            lap += hi + lo
+        n = np.linalg.norm(g, axis=1, keepdims=True)
+        return g / np.where(n > 0, n, 1.0), np.clip(0.5 * lap / h**2, -MAX_CURVATURE, MAX_CURVATURE)
+
     def mean_curvature(self, p_N3: np.ndarray, h: float = 1e-3) -> np.ndarray:
         """Mean curvature (local units) at surface points: half the SDF's Laplacian, ``(N,)``.
 
@@ -130,6 +173,15 @@ class Primitive:
             e[k] = h
             lap += self.sdf(p + e) + self.sdf(p - e)
         return np.clip(0.5 * lap / h**2, -MAX_CURVATURE, MAX_CURVATURE)
+
+
+_UNIT: dict[str, Primitive] = {}
+
+
+def _unit(shape: str) -> Primitive:
+    if shape not in _UNIT:
+        _UNIT[shape] = Primitive(shape)
+    return _UNIT[shape]
 
 
 def _capped_cone(r, y, h, r1, r2):
@@ -172,6 +224,22 @@ class MeshShape:
     def half_height(self) -> float:
         return float(self._mesh.bounds[1, 1])
 
+    @property
+    def convex(self) -> bool:
+        return bool(self._mesh.is_convex)
+
+    @property
+    def base(self) -> "MeshShape":
+        return self
+
+    @property
+    def stretch(self) -> np.ndarray:
+        return np.ones(3)
+
+    @property
+    def radius(self) -> float:
+        return float(np.linalg.norm(self._mesh.vertices, axis=1).max()) * (1 + 1e-6)
+
     def mesh(self) -> trimesh.Trimesh:
         return self._mesh
 
@@ -186,3 +254,6 @@ class MeshShape:
     def mean_curvature(self, p_N3: np.ndarray) -> np.ndarray:
         # Meshes carry no analytic curvature; flat facets have none.
         return np.zeros(len(p_N3))
+
+    def normal_and_curvature(self, p_N3: np.ndarray):
+        return self.normal(p_N3), self.mean_curvature(p_N3)

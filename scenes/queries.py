@@ -62,14 +62,12 @@ class SceneQuery:
                "position": np.zeros((n, 3)), "normal": np.zeros((n, 3)), "albedo": np.zeros((n, 3))}
         if n == 0 or not self.scene.objects:
             return out
-        _, face_inst = self.scene.combined_mesh()
-        tri, ray_i, loc = self.scene.intersector().intersects_id(o, d, multiple_hits=False, return_locations=True)
-        out["hit"][ray_i] = True
-        out["distance"][ray_i] = np.einsum("ij,ij->i", loc - o[ray_i], d[ray_i])
-        out["instance"][ray_i] = face_inst[tri]
-        out["position"][ray_i] = loc
+        dist, inst = self.scene.intersect(o, d)
+        hit = np.isfinite(dist)
+        out["hit"], out["distance"], out["instance"] = hit, dist, inst
+        out["position"][hit] = o[hit] + dist[hit, None] * d[hit]
         for k, obj in enumerate(self.scene.objects):
-            sel = ray_i[face_inst[tri] == k + 1]
+            sel = np.flatnonzero(inst == k + 1)
             if len(sel):
                 nrm = orient_towards(obj.normal(out["position"][sel]), -d[sel])
                 out["normal"][sel], out["albedo"][sel] = nrm, obj.albedo(out["position"][sel])

@@ -67,7 +67,9 @@ class Renderer:
             raise ValueError(f"image size must be positive, got {width}x{height}")
         self.width, self.height = int(width), int(height)
         self._gl = pyrender.OffscreenRenderer(self.width, self.height)
-        self._meshes: dict[int, pyrender.Mesh] = {}  # id(shape) -> uploaded mesh, reused across scenes
+        # id(base shape) -> (shape, uploaded mesh). Every frame's scene holds them all (as nodes the segmentation
+        # pass skips), so pyrender never deletes and re-uploads a mesh that one frame happens not to use.
+        self._meshes: dict[int, tuple] = {}
 
     def close(self):
         self._gl.delete()
@@ -79,10 +81,15 @@ class Renderer:
         self.close()
 
     def _mesh(self, shape) -> pyrender.Mesh:
-        key = id(shape)
-        if key not in self._meshes:
-            self._meshes[key] = pyrender.Mesh.from_trimesh(shape.mesh(), smooth=False)
-        return self._meshes[key]
+        """The uploaded mesh of ``shape.base`` (render it with ``shape.stretch`` in the node's pose)."""
+        base = shape.base
+        entry = self._meshes.get(id(base))
+        if entry is None or entry[0] is not base:
+            if len(self._meshes) > 256:  # continuous mesh-file families: do not hold meshes forever
+                self._meshes.clear()
+            entry = (base, pyrender.Mesh.from_trimesh(base.mesh(), smooth=False))
+            self._meshes[id(base)] = entry
+        return entry[1]
 
     def _check_size(self, scene: Scene):
         cam = scene.camera
@@ -96,9 +103,11 @@ class Renderer:
         pr = pyrender.Scene(bg_color=[0, 0, 0, 0])
         seg = {}
         for k, obj in enumerate(scene.objects):
-            node = pr.add(self._mesh(obj.shape), pose=obj.pose)
+            node = pr.add(self._mesh(obj.shape), pose=obj.pose @ np.diag(np.append(obj.shape.stretch, 1.0)))
             i = k + 1
             seg[node] = (i & 255, i >> 8, 0)
+        for _, mesh in self._meshes.values():
+            pr.add(mesh)  # keep-alive, not drawn (not in seg)
         pr.add(pyrender.PerspectiveCamera(yfov=cam.yfov, aspectRatio=cam.width / cam.height,
                                           znear=cam.znear, zfar=cam.zfar), pose=cam.pose)
         color, depth = self._gl.render(pr, flags=pyrender.RenderFlags.SEG, seg_node_map=seg)
@@ -148,9 +157,8 @@ def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str,
         sel = inst == k + 1
         if not sel.any():
             continue
-        normal[sel] = obj.normal(pos[sel])
+        normal[sel], curv[sel] = obj.normal_and_curvature(pos[sel])
         albedo[sel] = obj.albedo(pos[sel])
-        curv[sel] = obj.mean_curvature(pos[sel])
         shape_cls[sel] = SHAPE_CLASSES.index(obj.shape_name)
         mat_cls[sel] = MATERIAL_CLASSES.index(obj.material.texture.kind)
     dist = np.linalg.norm(pos - cam.center, axis=1)

@@ -61,6 +61,11 @@ class SceneObject:
         return self.shape.shape
 
     @property
+    def shape_radius(self) -> float:
+        """Radius of the local mesh's bounding sphere about the local origin."""
+        return self.shape.radius
+
+    @property
     def pose(self) -> np.ndarray:
         """The 4x4 local-to-world transform, scale included."""
         T = np.eye(4)
@@ -79,6 +84,11 @@ class SceneObject:
 
     def mean_curvature(self, p_N3: np.ndarray) -> np.ndarray:
         return self.shape.mean_curvature(self.to_local(p_N3)) / self.scale
+
+    def normal_and_curvature(self, p_N3: np.ndarray):
+        """World normals ``(N, 3)`` and mean curvature ``(N,)`` from one finite-difference stencil."""
+        n, c = self.shape.normal_and_curvature(self.to_local(p_N3))
+        return n @ self.rotation.T, c / self.scale
 
     def albedo(self, p_N3: np.ndarray) -> np.ndarray:
         """Linear albedo at world points on (or near) the surface, ``(N, 3)``."""
@@ -173,6 +183,8 @@ def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:
     """Camera-to-world pose (OpenGL convention) at ``eye`` looking at ``target``."""
     eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
     back = eye - target
+    if np.linalg.norm(back) < 1e-9:
+        raise ValueError(f"look_at: eye {eye.tolist()} is at the target")
     back /= np.linalg.norm(back)
     right = np.cross(up, back)
     if np.linalg.norm(right) < 1e-9:  # looking straight down or up: any right vector will do
@@ -206,9 +218,69 @@ class Scene:
             self._cache["mesh"] = (trimesh.util.concatenate(meshes), face_ids)
         return self._cache["mesh"]
 
-    def intersector(self):
-        """An embree ray intersector over :meth:`combined_mesh` (cached)."""
-        if "rays" not in self._cache:
-            mesh, _ = self.combined_mesh()
-            self._cache["rays"] = trimesh.ray.ray_pyembree.RayMeshIntersector(mesh)
-        return self._cache["rays"]
+    def intersect(self, origins_N3: np.ndarray, dirs_N3: np.ndarray, leaving_N: np.ndarray | None = None):
+        """First hit of each ray (unit directions): distance ``(N,)`` (inf on a miss) and instance id ``(N,)``.
+
+        Rays are cast with embree against each object's triangles in its local frame, so an object's BVH is built
+        once per shape rather than once per scene; rays that miss an object's bounding sphere skip it.
+        leaving_N: for rays that start on the surface of instance i heading outwards (shadow rays), i; such a ray
+        cannot hit its own object again when that object is convex, so it is not tested against it.
+        """
+        o, d = np.asarray(origins_N3, np.float64), np.asarray(dirs_N3, np.float64)
+        best = np.full(len(o), np.inf)
+        inst = np.zeros(len(o), np.int64)
+        for k, obj in enumerate(self.objects):
+            # Bounding-sphere test: the ray's closest approach to the centre, ahead of the origin or inside.
+            c, rad = obj.translation, obj.scale * obj.shape_radius
+            oc = c - o
+            t_mid = np.einsum("ij,ij->i", oc, d)
+            oc2 = np.einsum("ij,ij->i", oc, oc)
+            miss = (oc2 - t_mid**2 > rad**2) | ((t_mid < 0) & (oc2 > rad**2))
+            if leaving_N is not None and obj.shape.convex:
+                miss |= leaving_N == k + 1
+            idx = np.flatnonzero(~miss)
+            if not len(idx):
+                continue
+            o_l = (o[idx] - c) @ obj.rotation / obj.scale
+            d_l = d[idx] @ obj.rotation
+            st = obj.shape.stretch  # cast in the base shape's frame: o + t d maps to o_l + t d_l, same t
+            t = obj.scale * _caster(obj.shape.base).first_hit(o_l / st, d_l / st)
+            closer = t < best[idx]
+            hit = idx
+            best[hit[closer]] = t[closer]
+            inst[hit[closer]] = k + 1
+        return best, inst
+
+
+class _Caster:
+    """embree's first-hit query over one local mesh (small coordinates, so float32 is precise enough)."""
+
+    def __init__(self, mesh: trimesh.Trimesh):
+        from embreex import rtcore_scene
+        from embreex.mesh_construction import TriangleMesh
+
+        self.scene = rtcore_scene.EmbreeScene()
+        TriangleMesh(scene=self.scene, vertices=np.asarray(mesh.vertices, np.float32),
+                     indices=np.asarray(mesh.faces, np.int32))
+
+    def first_hit(self, o_N3: np.ndarray, d_N3: np.ndarray) -> np.ndarray:
+        """Ray parameter t of the first hit along ``o + t d`` (d need not be unit), inf on a miss, ``(N,)``."""
+        res = self.scene.run(np.ascontiguousarray(o_N3, np.float32), np.ascontiguousarray(d_N3, np.float32),
+                             output=1)
+        t = res["tfar"].astype(np.float64)
+        t[res["primID"] < 0] = np.inf
+        return t
+
+
+_CASTERS: dict[int, tuple] = {}
+
+
+def _caster(shape) -> _Caster:
+    """The ray caster of a shape's local mesh, built once per shape."""
+    entry = _CASTERS.get(id(shape))
+    if entry is None or entry[0] is not shape:
+        if len(_CASTERS) > 1024:
+            _CASTERS.clear()
+        entry = (shape, _Caster(shape.mesh()))
+        _CASTERS[id(shape)] = entry
+    return entry[1]

@@ -44,6 +44,7 @@ class Dist:
     lo: float = -math.inf
     hi: float = math.inf
     integer: bool = False
+    open_lo: bool = False
 
 
 class Sampler:
@@ -66,7 +67,7 @@ class Sampler:
         elif leaf.kind == "uniform":
             value = float(rng.uniform(a, b))
         else:
-            value = float(np.clip(rng.normal(a, b), leaf.lo, leaf.hi))
+            value = _truncated_normal(rng, a, b, leaf)
         if leaf.kind in ("uniform", "normal"):
             if leaf.integer:
                 value = int(round(value))
@@ -75,6 +76,16 @@ class Sampler:
             factor = float(value)
         self.factors[path] = factor
         return value
+
+
+def _truncated_normal(rng, mu, sd, leaf: Dist) -> float:
+    """A normal draw restricted to the field's bounds (by rejection; clipped if the bounds are far in a tail)."""
+    for _ in range(1000):
+        v = float(rng.normal(mu, sd))
+        if leaf.lo <= v <= leaf.hi and not (leaf.open_lo and v == leaf.lo):
+            return v
+    v = float(np.clip(v, leaf.lo, leaf.hi))
+    return float(np.nextafter(v, math.inf)) if leaf.open_lo and v == leaf.lo else v
 
 
 Check = Callable[[Any, str], Any]  # (raw value, field path) -> validated tree; raises _Bad
@@ -106,15 +117,15 @@ def _is_dist(raw) -> bool:
 
 def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False, open_lo: bool = False,
            dist: bool = True) -> Check:
-    """A number in [lo, hi] (or (lo, hi] with open_lo), constant or distributed."""
+    """A number in [lo, hi] (or (lo, hi] with open_lo), constant or distributed (normal draws are truncated)."""
 
     def const(v, path):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             fail(path, f"expected a {'whole ' if integer else ''}number, got {type(v).__name__} {v!r}")
-        if integer and float(v) != int(v):
-            fail(path, f"expected a whole number, got {v!r}")
         if not math.isfinite(v):
             fail(path, f"must be finite, got {v!r}")
+        if integer and float(v) != int(v):
+            fail(path, f"expected a whole number, got {v!r}")
         if v < lo or v > hi or (open_lo and v == lo):
             fail(path, f"must be {'>' if open_lo else '>='} {lo} and <= {hi}, got {v!r}")
         return int(v) if integer else float(v)
@@ -133,9 +144,9 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False
         if not isinstance(params, list) or len(params) != 2:
             fail(p, f"expected a list [a, b], got {params!r}")
         if kind == "normal":
-            mu = number(lo, hi)(params[0], join(p, 0)).value
-            sd = number(0, open_lo=True)(params[1], join(p, 1)).value
-            return Dist("normal", (mu, sd), lo, hi, integer)
+            mu = number(lo, hi, dist=False)(params[0], join(p, 0)).value
+            sd = number(0, open_lo=True, dist=False)(params[1], join(p, 1)).value
+            return Dist("normal", (mu, sd), lo, hi, integer, open_lo)
         if kind == "randint" and not integer:
             fail(p, "randint is for whole-number fields")
         a, b = const(params[0], join(p, 0)), const(params[1], join(p, 1))
@@ -246,7 +257,7 @@ def tagged(tag: str, variants: dict[str, Check]) -> Check:
         if not isinstance(raw, dict):
             fail(path, f"expected a mapping, got {type(raw).__name__} {raw!r}")
         kind = raw.get(tag)
-        if kind not in variants:
+        if not isinstance(kind, str) or kind not in variants:
             fail(join(path, tag), f"expected one of {sorted(variants)}, got {kind!r}")
         body = {k: v for k, v in raw.items() if k != tag}
         out = variants[kind](body, path)

@@ -25,7 +25,6 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     cast = np.zeros(n, dtype=bool)
     if n == 0 or not scene.lights:
         return diffuse, specular, cast
-    _, face_inst = scene.combined_mesh()
     shininess = np.array([o.material.shininess for o in scene.objects])[inst_N - 1]
     for light in scene.lights:
         to_light, dist, power = light.incident(pos_N3)
@@ -35,13 +34,10 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         idx = np.flatnonzero(lit)
         if len(idx):
             origins = pos_N3[idx] + SHADOW_OFFSET * normal_N3[idx]
-            tri, ray_i, loc = scene.intersector().intersects_id(
-                origins, to_light[idx], multiple_hits=False, return_locations=True)
-            hit_d = np.linalg.norm(loc - origins[ray_i], axis=1)
-            blocked = hit_d < dist[idx][ray_i]
-            blockers = idx[ray_i[blocked]]
-            visible[blockers] = False
-            cast[blockers[face_inst[tri[blocked]] != inst_N[blockers]]] = True
+            hit_d, hit_inst = scene.intersect(origins, to_light[idx], leaving_N=inst_N[idx])
+            blocked = hit_d < dist[idx]
+            visible[idx[blocked]] = False
+            cast[idx[blocked & (hit_inst != inst_N[idx])]] = True
         w = np.where(visible, power * np.maximum(ndl, 0.0), 0.0)
         diffuse += w[:, None] * light.color
         half = to_light + view_N3

@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from frobnolab.cli import main
+from frobnolab.scenes import dataset as D
+from frobnolab.scenes.dataset import Dataset, RenderConfig, render_dataset
+from frobnolab.scenes.render import BUFFERS, Renderer
+
+
+@pytest.fixture(scope="module")
+def ds_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("d") / "ds"
+    render_dataset(RenderConfig("clutter", n=10, size=24, seed=3, shard_size=4), out, workers=1, progress=False)
+    return out
+
+
+def test_manifest_describes_every_buffer(ds_path):
+    m = json.loads((ds_path / "manifest.json").read_text())
+    assert [b["name"] for b in m["buffers"]] == [b.name for b in BUFFERS]
+    for b in m["buffers"]:
+        assert b["units"] and b["meaning"] and b["shape"][:3] == ["N", 24, 24]
+    assert m["n"] == 10 and m["shards"] == ["000000", "000001", "000002"]
+    assert set(m["versions"]) >= {"numpy", "trimesh", "pyrender-maintained", "python"}
+    assert (ds_path / "family.yaml").read_text().startswith("name: clutter")
+    assert not ds_path.with_name("ds.partial").exists()
+
+
+def test_reader_slices_match_a_direct_render(ds_path):
+    ds = Dataset(ds_path)
+    assert len(ds) == 10 and ds.size == (24, 24)
+    rgb = ds["rgb"]
+    assert rgb.shape == (10, 24, 24, 3)
+    full = np.asarray(rgb)
+    np.testing.assert_array_equal(rgb[3:9], full[3:9])  # crosses shard boundaries
+    np.testing.assert_array_equal(rgb[[9, 0, 4]], full[[9, 0, 4]])
+    np.testing.assert_array_equal(rgb[-1], full[9])
+    np.testing.assert_array_equal(ds["depth"][2:5, 10, 10:12], np.asarray(ds["depth"])[2:5, 10, 10:12])
+    scene = ds.scene(6)
+    with Renderer(24) as r:
+        direct = r.render(scene)
+    for name in ("rgb", "instance", "normal_world", "shadow"):
+        np.testing.assert_array_equal(ds[name][6], direct[name])
+    np.testing.assert_allclose(ds.camera_pose[6], scene.camera.pose)
+    assert ds.factors.shape == (10, len(ds.factor_names))
+    assert np.isnan(ds.factors).any()  # clutter has a varying object count
+    with pytest.raises(KeyError, match="no buffer"):
+        ds["nope"]
+
+
+def test_readable_with_numpy_alone(ds_path):
+    m = json.loads((ds_path / "manifest.json").read_text())
+    parts = [np.load(ds_path / "shards" / s / "depth.npy", mmap_mode="r") for s in m["shards"]]
+    assert sum(len(p) for p in parts) == 10
+    np.testing.assert_array_equal(np.concatenate(parts), np.asarray(Dataset(ds_path)["depth"]))
+
+
+def test_same_seed_identical_bytes_across_workers_and_shards(ds_path, tmp_path):
+    b = render_dataset(RenderConfig("clutter", n=10, size=24, seed=3, shard_size=4), tmp_path / "b", workers=2,
+                       progress=False)
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (ds_path, b))
+    assert ma["sha256"] == mb["sha256"] and ma["dataset_sha256"] == mb["dataset_sha256"]
+    c = render_dataset(RenderConfig("clutter", n=10, size=24, seed=4, shard_size=4), tmp_path / "c", workers=1,
+                       progress=False)
+    assert json.loads((c / "manifest.json").read_text())["sha256"]["rgb"] != ma["sha256"]["rgb"]
+
+
+def test_interrupted_render_resumes_and_never_leaves_a_half_dataset(ds_path, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    real = D._render_shard
+    calls = []
+
+    def flaky(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        calls.append(job[2])
+        return real(job)
+
+    monkeypatch.setattr(D, "_render_shard", flaky)
+    cfg = RenderConfig("clutter", n=10, size=24, seed=3, shard_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        render_dataset(cfg, out, workers=1, progress=False)
+    assert not out.exists()
+    assert sorted(p.name for p in (tmp_path / "r.partial" / "shards").iterdir()) == ["000000", "000001"]
+    calls.clear()
+    monkeypatch.setattr(D, "_render_shard", lambda job: calls.append(job[2]) or real(job))
+    render_dataset(cfg, out, workers=1, progress=False)
+    assert calls == [2]  # only the missing shard was rendered
+    assert json.loads((out / "manifest.json").read_text())["sha256"] == \
+        json.loads((ds_path / "manifest.json").read_text())["sha256"]
+    # up to date: a second call renders nothing
+    calls.clear()
+    render_dataset(cfg, out, workers=1, progress=False)
+    assert calls == []
+
+
+def test_existing_different_dataset_needs_force(ds_path, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["render", "shapes", "--n", "2", "--size", "16", "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    assert main(["render", "shapes", "--n", "3", "--size", "16", "--out", str(out), "--workers", "1", "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["render", "shapes", "--n", "3", "--size", "16", "--out", str(out), "--workers", "1", "--quiet",
+                 "--force"]) == 0
+    assert len(Dataset(out)) == 3
