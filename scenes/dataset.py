@@ -248,6 +248,23 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
 
 # ------------------------------------------------------------------------------------------------------------ reading
 
+HOLDOUT_EVERY = 8  # image i is held out (test) when i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+
+
+def split_indices(n: int, part: str) -> np.ndarray:
+    """Image indices of ``part`` ("train", "test" or "all") of an n-image dataset: every 8th image is test, so the
+    split does not depend on n and every stage (training, extraction, scoring) agrees on it."""
+    idx = np.arange(n)
+    if part == "all":
+        return idx
+    test = idx % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+    if part == "test":
+        return idx[test]
+    if part == "train":
+        return idx[~test]
+    raise ValueError(f"split must be 'train', 'test' or 'all', got {part!r}")
+
+
 
 class ChunkedArray:
     """One buffer of a dataset: shards memory-mapped lazily, indexed along the first axis like an array."""

@@ -1,0 +1,253 @@
+"""Training loops, flat and readable (nanoGPT-style): the small autoencoder and the coordinate field.
+
+Each loop seeds everything, shows a progress bar, checkpoints (model, optimiser, step, generator) every
+``checkpoint_every`` steps into ``OUT/checkpoint.pt`` and resumes from it, and ends by saving the model
+(``model.safetensors`` + ``model.json`` with the training record) and ``training.json`` (the loss curve and the
+evaluation against the optimal output on held-out images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from frobnolab.scenes.dataset import Dataset, split_indices
+
+from .conv_ae import ConvAEConfig, ConvAutoencoder
+from .field import OCC_STEP, CoordinateField, FieldConfig, render_rays
+from .io import model_hash, save_model
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _save_checkpoint(path: Path, **state):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _images(ds: Dataset, idx: np.ndarray) -> torch.Tensor:  # (N, 3, H, W) float32 in [0, 1]
+    return torch.from_numpy(np.ascontiguousarray(ds["rgb"][idx])).permute(0, 3, 1, 2).contiguous()
+
+
+def _finish(model, out: Path, cfg, ds: Dataset, curve: list, evaluation: dict, seconds: float, steps_done: int):
+    record = {"train_config": dataclasses.asdict(cfg), "dataset": str(ds.path),
+              "dataset_sha256": ds.manifest["dataset_sha256"], "steps": steps_done, "seconds": round(seconds, 2),
+              "evaluation": evaluation, "torch": torch.__version__}
+    save_model(model.cpu(), out, record=record)
+    record["model_sha256"] = model_hash(model)
+    tmp = out / f".training.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({**record, "curve": curve}, indent=1))
+    os.replace(tmp, out / "training.json")
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return record
+
+
+# -------------------------------------------------------------------------------------------------------- autoencoder
+
+
+@dataclass
+class TrainAEConfig:
+    model: ConvAEConfig = field(default_factory=ConvAEConfig)
+    """The autoencoder's architecture."""
+    steps: int = 1500
+    """Optimiser steps."""
+    batch_size: int = 32
+    """Images per step."""
+    lr: float = 2e-3
+    """Adam learning rate (cosine-decayed to 10% over the run)."""
+    seed: int = 0
+    """Seed of the initialisation and of the batch order."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    checkpoint_every: int = 250
+    """Steps between checkpoints (resume points)."""
+
+
+def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, progress: bool = True) -> dict:
+    """Train :class:`ConvAutoencoder` on a dataset's training images; returns the training record."""
+    from tqdm.auto import trange
+
+    ds, out, dev = Dataset(dataset), Path(out), _device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    train = _images(ds, split_indices(len(ds), "train"))
+    torch.manual_seed(cfg.seed)
+    model = ConvAutoencoder(cfg.model).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, curve, t0 = 0, [], time.time()
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        step, curve = state["step"], state["curve"]
+    bar = trange(step, cfg.steps, desc="train autoencoder", disable=not progress, initial=step, total=cfg.steps)
+    for step in bar:
+        x = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)].to(dev)
+        loss = F.mse_loss(model(x), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0:
+            curve.append((step, loss.item()))
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
+                             gen=gen.get_state(), step=step + 1, curve=curve)
+    from .evaluate import evaluate_autoencoder
+
+    evaluation = evaluate_autoencoder(model, ds, split="test", device=cfg.device)
+    return _finish(model, out, cfg, ds, curve, evaluation, time.time() - t0, cfg.steps)
+
+
+# -------------------------------------------------------------------------------------------------------------- field
+
+
+@dataclass
+class TrainFieldConfig:
+    model: FieldConfig = field(default_factory=FieldConfig)
+    """The field's architecture."""
+    mode: str = "both"
+    """volume: photometric loss through volume rendering; direct: regression on the exact 3D ground truth
+    (occupancy everywhere, surface colour near surfaces); both: the sum."""
+    steps: int = 3000
+    """Optimiser steps (the run also stops at max_seconds)."""
+    max_seconds: float = 0.0
+    """Wall-clock budget for the loop; 0 for none."""
+    rays_per_batch: int = 512
+    """Rays per step (volume)."""
+    samples_per_ray: int = 48
+    """Samples per ray (volume; stratified while training)."""
+    points_per_batch: int = 4096
+    """Points per step (direct): half uniform in the box, half jittered around visible surface points."""
+    alpha_weight: float = 0.1
+    """Weight of the opacity loss against the foreground masks (volume)."""
+    lr: float = 5e-3
+    """Adam learning rate (cosine-decayed to 5%)."""
+    seed: int = 0
+    """Seed of the initialisation and of all sampling."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints."""
+
+    def __post_init__(self):
+        if self.mode not in ("volume", "direct", "both"):
+            raise ValueError(f"TrainFieldConfig.mode must be volume, direct or both, got {self.mode!r}")
+
+
+def dataset_rays(ds: Dataset, idx: np.ndarray):
+    """World rays through every pixel of images ``idx``: origins, dirs (each (n, H, W, 3)), as numpy."""
+    h, w = ds.size
+    rows, cols = np.mgrid[0:h, 0:w] + 0.5
+    K, P = ds.camera_K[idx], ds.camera_pose[idx]
+    d_cam = np.stack([(cols - K[:, None, None, 0, 2]) / K[:, None, None, 0, 0],
+                      -(rows - K[:, None, None, 1, 2]) / K[:, None, None, 1, 1], -np.ones((len(idx), h, w))], -1)
+    d = np.einsum("nhwj,nij->nhwi", d_cam, P[:, :3, :3])
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    return np.broadcast_to(P[:, None, None, :3, 3], d.shape).copy(), d
+
+
+def single_scene(ds: Dataset):
+    """The one scene of a single-scene dataset (only the camera varies); ValueError otherwise."""
+    varying = [n for j, n in enumerate(ds.factor_names)
+               if not n.startswith("camera") and np.nanstd(ds.factors[:, j]) > 0]
+    if varying:
+        raise ValueError(f"{ds.path}: not a single-scene dataset (factors vary: {', '.join(varying[:5])})")
+    return ds.scene(0)
+
+
+def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, progress: bool = True) -> dict:
+    """Train :class:`CoordinateField` on a single-scene dataset; returns the training record."""
+    from tqdm.auto import trange
+
+    from frobnolab.scenes.queries import SceneQuery
+
+    ds, out, dev = Dataset(dataset), Path(out), _device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    scene = single_scene(ds)
+    query = SceneQuery(scene)
+    tr = split_indices(len(ds), "train")
+    o, d = dataset_rays(ds, tr)
+    rgb = np.asarray(ds["rgb"][tr])
+    fg = np.asarray(ds["instance"][tr]) > 0
+    pos = np.asarray(ds["position"][tr])
+    to = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    rays_o, rays_d, rays_rgb, rays_fg = to(o.reshape(-1, 3)), to(d.reshape(-1, 3)), to(rgb.reshape(-1, 3)), \
+        to(fg.reshape(-1))
+    surf = fg.reshape(-1)
+    surf_pos, surf_d, surf_rgb = pos.reshape(-1, 3)[surf], d.reshape(-1, 3)[surf], rgb.reshape(-1, 3)[surf]
+
+    torch.manual_seed(cfg.seed)
+    model = CoordinateField(cfg.model).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    lo, hi = np.array(cfg.model.aabb[0]), np.array(cfg.model.aabb[1])
+    step, curve, t0 = 0, [], time.time()
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        rng.bit_generator.state = state["rng"]
+        step, curve = state["step"], state["curve"]
+    bar = trange(step, cfg.steps, desc=f"train field ({cfg.mode})", disable=not progress, initial=step,
+                 total=cfg.steps)
+    for step in bar:
+        loss = torch.zeros((), device=dev)
+        if cfg.mode in ("volume", "both"):
+            i = torch.randint(len(rays_o), (cfg.rays_per_batch,), generator=gen)
+            r = render_rays(model, rays_o[i].to(dev), rays_d[i].to(dev), cfg.samples_per_ray, stratified=True,
+                            generator=None)
+            loss = loss + F.mse_loss(r.rgb, rays_rgb[i].to(dev))
+            loss = loss + cfg.alpha_weight * F.binary_cross_entropy(r.acc.clamp(1e-5, 1 - 1e-5), rays_fg[i].to(dev))
+        if cfg.mode in ("direct", "both"):
+            n = cfg.points_per_batch // 2
+            j = rng.integers(len(surf_pos), size=n)
+            near = surf_pos[j] + rng.normal(0, 0.03, size=(n, 3))
+            pts = np.concatenate([rng.uniform(lo, hi, size=(n, 3)), near])
+            occ = to(query.sdf(pts) < 0).to(dev)
+            p = torch.as_tensor(pts, dtype=torch.float32, device=dev)
+            pred_occ = model.occupancy(p).clamp(1e-5, 1 - 1e-5)
+            loss = loss + 0.1 * F.binary_cross_entropy(pred_occ, occ)
+            # Colour at the surface is the pixel's colour seen along its ray.
+            _, col = model(to(surf_pos[j]).to(dev), to(surf_d[j]).to(dev))
+            loss = loss + F.mse_loss(col, to(surf_rgb[j]).to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0:
+            curve.append((step, loss.item()))
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
+                             gen=gen.get_state(), rng=rng.bit_generator.state, step=step + 1, curve=curve)
+        if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+            break
+    bar.close()
+    from .evaluate import evaluate_field
+
+    evaluation = evaluate_field(model, ds, split="test", device=cfg.device)
+    return _finish(model, out, cfg, ds, curve, evaluation, time.time() - t0, step + 1)
