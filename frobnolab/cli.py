@@ -38,6 +38,62 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_train_ae(args) -> int:
+    from frobnolab.models.conv_ae import ConvAEConfig
+    from frobnolab.models.train import TrainAEConfig, train_autoencoder
+
+    cfg = TrainAEConfig(model=ConvAEConfig(channels=args.channels, latent_channels=args.latent_channels),
+                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
+    rec = train_autoencoder(args.dataset, args.out, cfg, progress=not args.quiet)
+    ev = rec["evaluation"]
+    print(f"model: {args.out}  (held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.3f})")
+    return 0
+
+
+def _cmd_train_field(args) -> int:
+    from frobnolab.models.field import FieldConfig
+    from frobnolab.models.train import TrainFieldConfig, train_field
+
+    cfg = TrainFieldConfig(model=FieldConfig(hidden=args.hidden, layers=args.layers, n_freqs=args.freqs),
+                           mode=args.mode, steps=args.steps, max_seconds=args.max_seconds, lr=args.lr, seed=args.seed,
+                           device=args.device)
+    rec = train_field(args.dataset, args.out, cfg, progress=not args.quiet)
+    ev = rec["evaluation"]
+    print(f"model: {args.out}  (held-out PSNR {ev['psnr']:.2f} dB, occupancy IoU {ev['occupancy_iou']:.3f})")
+    return 0
+
+
+def _cmd_extract(args) -> int:
+    from frobnolab.analysis.store import ActivationStore, ExtractConfig, extract
+
+    cfg = ExtractConfig(model=args.model, dataset=args.dataset, hooks=tuple(args.hooks.split(",")) if args.hooks else (),
+                        split=args.split, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
+                        seed=args.seed, device=args.device)
+    out = extract(cfg, args.out, force=args.force, progress=not args.quiet)
+    store = ActivationStore(out)
+    for h in store.hooks:
+        t = store[h]
+        print(f"{h}: {len(t)} tokens of {t.d_in} channels")
+    print(f"store: {out}")
+    return 0
+
+
+def _cmd_hooks(args) -> int:
+    from frobnolab.models.io import load_model
+
+    model = load_model(args.model)
+    for h in model.hook_points:
+        print(f"{h.name:14s} {h.path:28s} {h.meaning}")
+    return 0
+
+
 QUICKSTART_PRESETS = {
     # name: (family, images, size)
     "tiny": ("shapes", 16, 32),
@@ -85,6 +141,60 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_render)
+
+    def common(sp, device=True):
+        sp.add_argument("--seed", type=int, default=0, help="seed of initialisation and sampling")
+        if device:
+            sp.add_argument("--device", default="cpu", help="cpu or cuda")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    t = sub.add_parser("train-ae", help="train the small convolutional autoencoder on a dataset", formatter_class=fmt)
+    t.add_argument("dataset", help="dataset folder (frobnolab render)")
+    t.add_argument("--out", required=True, help="model folder to write (model.safetensors, model.json, training.json)")
+    t.add_argument("--channels", type=_ints, default=(16, 32, 64), help="encoder block channels, e.g. 16,32,64")
+    t.add_argument("--latent-channels", type=int, default=8, help="channels of the bottleneck code")
+    t.add_argument("--steps", type=int, default=1500, help="optimiser steps")
+    t.add_argument("--batch-size", type=int, default=32, help="images per step")
+    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    common(t)
+    t.set_defaults(run=_cmd_train_ae)
+
+    t = sub.add_parser("train-field", help="train a NeRF-style coordinate field on a single-scene dataset",
+                       formatter_class=fmt)
+    t.add_argument("dataset", help="dataset folder of one scene from many views (e.g. family `single`)")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--mode", choices=["volume", "direct", "both"], default="both",
+                   help="volume: photometric loss through volume rendering; direct: regression on exact 3D ground "
+                        "truth; both: their sum")
+    t.add_argument("--hidden", type=int, default=128, help="width of the MLP trunk")
+    t.add_argument("--layers", type=int, default=4, help="hidden layers of the trunk")
+    t.add_argument("--freqs", type=int, default=8, help="Fourier octaves of the position encoding")
+    t.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    t.add_argument("--max-seconds", type=float, default=0.0, help="stop after this long (0: no limit)")
+    t.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
+    common(t)
+    t.set_defaults(run=_cmd_train_field)
+
+    e = sub.add_parser("extract", help="store a model's activations as tokens with their ground truth",
+                       formatter_class=fmt)
+    e.add_argument("--model", required=True,
+                   help="saved model folder, or taesd[:PATH], taesdxl[:PATH], random-taesd[:SEED], sd-vae[:SOURCE]")
+    e.add_argument("--dataset", required=True, help="dataset folder")
+    e.add_argument("--hooks", default="", help="comma-separated hook point names or module paths (default: all; "
+                                               "see `frobnolab hooks MODEL`)")
+    e.add_argument("--out", required=True, help="activation store folder to write")
+    e.add_argument("--split", choices=["train", "test", "all"], default="all", help="which images")
+    e.add_argument("--batch-size", type=int, default=16, help="images per forward pass and per chunk")
+    e.add_argument("--tokens-per-image", type=int, default=0,
+                   help="random tokens kept per image and hook point (0: all); fields: rays per image")
+    e.add_argument("--force", action="store_true", help="replace a different store already at --out")
+    common(e)
+    e.set_defaults(run=_cmd_extract)
+
+    k = sub.add_parser("hooks", help="list a model's documented hook points", formatter_class=fmt)
+    k.add_argument("model", help="saved model folder or pretrained name (as for extract --model)")
+    k.set_defaults(run=_cmd_hooks)
 
     q = sub.add_parser("quickstart", help="run the main job end to end on an embedded default",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -9,7 +9,7 @@ TAESD hook points (AutoencoderTiny, default config; 64 channels everywhere but t
 | name | path | stride | meaning |
 | --- | --- | --- | --- |
 | enc{k} | ``encoder.layers.{k}`` | 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8, 8 for k = 0..14 | encoder layer k (14: 4-channel latent) |
-| dec{k} | ``decoder.layers.{k}`` | 8 (k <= 5), 4 (6..10), 2 (11..15), 1 (16..18) | decoder layer k (18: RGB) |
+| dec{k} | ``decoder.layers.{k}`` | 8 (k <= 4), 4 (5..9), 2 (10..14), 1 (15..18) | decoder layer k (18: RGB) |
 
 SD VAE hook points (AutoencoderKL): ``encoder.down_blocks.{i}``, ``encoder.mid_block``, ``decoder.mid_block``,
 ``decoder.up_blocks.{i}`` for every block of the config.

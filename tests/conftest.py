@@ -15,3 +15,31 @@ def _seed():
         torch.manual_seed(0)
     except ImportError:
         pass
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """16 renders of the `shapes` family at 32x32 (every test that needs images shares it)."""
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+    return render_dataset(RenderConfig("shapes", n=16, size=32, seed=0, shard_size=8),
+                          tmp_path_factory.mktemp("data") / "shapes32", workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_single(tmp_path_factory):
+    """16 views of the `single` scene at 32x32."""
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+    return render_dataset(RenderConfig("single", n=16, size=32, seed=0, shard_size=8),
+                          tmp_path_factory.mktemp("data") / "single32", workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def taesd_dir():
+    """The real pretrained TAESD weights beside the repository (never copied into it)."""
+    from pathlib import Path
+
+    path = Path(os.environ.get("FROBNOLAB_TAESD_DIR", Path(__file__).resolve().parents[2] / "shared/weights/taesd"))
+    assert (path / "taesd_encoder.safetensors").is_file(), f"TAESD weights not found at {path}"
+    return path

@@ -1,0 +1,81 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from frobnolab.models import train as T
+from frobnolab.models.conv_ae import ConvAEConfig
+from frobnolab.models.field import CoordinateField, FieldConfig, render_rays
+from frobnolab.models.io import load_model, model_hash, save_model
+
+
+def ae_cfg(**kw):
+    return T.TrainAEConfig(model=ConvAEConfig(channels=(8, 16), latent_channels=4), batch_size=8, lr=3e-3, **kw)
+
+
+def test_autoencoder_loss_falls_and_save_load_is_lossless(tiny_dataset, tmp_path):
+    rec = T.train_autoencoder(tiny_dataset, tmp_path / "ae", ae_cfg(steps=150), progress=False)
+    curve = json.loads((tmp_path / "ae" / "training.json").read_text())["curve"]
+    assert curve[-1][1] < 0.7 * curve[0][1]
+    m = load_model(tmp_path / "ae")
+    assert model_hash(m) == rec["model_sha256"]
+    x = torch.rand(2, 3, 32, 32)
+    save_model(m, tmp_path / "copy")
+    assert torch.equal(load_model(tmp_path / "copy")(x), m(x))
+    assert rec["evaluation"]["psnr"] > 10 and not (tmp_path / "ae" / "checkpoint.pt").exists()
+
+
+def test_autoencoder_resumes_to_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
+    full = T.train_autoencoder(tiny_dataset, tmp_path / "full", ae_cfg(steps=20, checkpoint_every=10), progress=False)
+    real_step, calls = torch.optim.Adam.step, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 15:
+            raise KeyboardInterrupt("simulated")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_autoencoder(tiny_dataset, tmp_path / "resumed", ae_cfg(steps=20, checkpoint_every=10), progress=False)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    resumed = T.train_autoencoder(tiny_dataset, tmp_path / "resumed", ae_cfg(steps=20, checkpoint_every=10),
+                                  progress=False)
+    assert resumed["model_sha256"] == full["model_sha256"]
+
+
+@pytest.mark.parametrize("mode", ["volume", "direct"])
+def test_field_loss_falls_in_both_modes(tiny_single, tmp_path, mode):
+    cfg = T.TrainFieldConfig(model=FieldConfig(hidden=32, layers=2, n_freqs=4), mode=mode, steps=40,
+                             rays_per_batch=128, samples_per_ray=16, points_per_batch=512)
+    rec = T.train_field(tiny_single, tmp_path / mode, cfg, progress=False)
+    curve = json.loads((tmp_path / mode / "training.json").read_text())["curve"]
+    assert np.mean([c[1] for c in curve[-2:]]) < 0.8 * curve[0][1]
+    ev = rec["evaluation"]
+    for k in ("psnr", "ssim", "depth_mae_fg", "mask_iou", "occupancy_iou", "sdf_sign_accuracy"):
+        assert np.isfinite(ev[k]), k
+    assert 0 <= ev["occupancy_iou"] <= 1 and 0 <= ev["sdf_sign_accuracy"] <= 1
+    f = load_model(tmp_path / mode)
+    assert model_hash(f) == rec["model_sha256"]
+
+
+def test_field_direct_training_beats_chance_on_occupancy(tiny_single, tmp_path):
+    cfg = T.TrainFieldConfig(model=FieldConfig(hidden=64, layers=3, n_freqs=6), mode="direct", steps=200,
+                             points_per_batch=2048)
+    ev = T.train_field(tiny_single, tmp_path / "f", cfg, progress=False)["evaluation"]
+    assert ev["sdf_sign_accuracy"] > 0.8 and ev["occupancy_iou"] > 0.4, ev
+
+
+def test_empty_field_renders_the_background():
+    f = CoordinateField(FieldConfig(hidden=8, layers=1, background=(0.2, 0.4, 0.6)))
+    with torch.no_grad():
+        f.density.bias.fill_(-50.0)  # no density anywhere
+        r = render_rays(f, torch.tensor([[0.0, 0.5, 5.0]]), torch.tensor([[0.0, 0.0, -1.0]]))
+    assert torch.allclose(r.rgb, torch.tensor([[0.2, 0.4, 0.6]]), atol=1e-4) and r.acc.item() < 1e-4
+
+
+def test_field_training_rejects_multi_scene_datasets(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="not a single-scene dataset"):
+        T.train_field(tiny_dataset, tmp_path / "x", T.TrainFieldConfig(steps=1), progress=False)
