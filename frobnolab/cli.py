@@ -94,26 +94,63 @@ def _cmd_hooks(args) -> int:
     return 0
 
 
-QUICKSTART_PRESETS = {
-    # name: (family, images, size)
-    "tiny": ("shapes", 16, 32),
-    "quickstart": ("shapes", 256, 64),
-}
+def _sae_config(args, hook_required=True):
+    from frobnolab.analysis.presets import preset
+    from frobnolab.analysis.sae import SAETrainConfig
+
+    fields = preset(args.preset) if args.preset else {}
+    for opt, name in (("hook", "hook"), ("architecture", "architecture"), ("width", "width"), ("k", "k"),
+                      ("sparsity", "sparsity"), ("tokens", "training_tokens"), ("batch_size", "batch_size"),
+                      ("lr", "lr"), ("lr_schedule", "lr_schedule"), ("normalize", "normalize"), ("seed", "seed"),
+                      ("device", "device")):
+        v = getattr(args, opt, None)
+        if v is not None:
+            fields[name] = v
+    if "hook" not in fields:
+        raise ValueError("give --hook (or a preset that names one)")
+    return SAETrainConfig(**fields)
+
+
+def _cmd_train_sae(args) -> int:
+    from frobnolab.analysis.sae import train_sae
+
+    rec = train_sae(args.store, args.out, _sae_config(args), progress=not args.quiet)
+    ev = rec["evaluation"]
+    print(f"sae: {args.out}/sae  (held-out explained variance {ev['explained_variance']:.3f}, L0 {ev['l0']:.1f}, "
+          f"dead {ev['dead_fraction']:.1%}, fidelity {ev['fidelity_zero']:.3f})")
+    return 0
+
+
+def _cmd_sweep_sae(args) -> int:
+    from frobnolab.analysis.sweep import run_sweep, sweep_configs
+
+    base = _sae_config(args)
+    runs = sweep_configs(base, args.architectures.split(","), _ints(args.widths), _ints(args.ks),
+                         [float(v) for v in args.sparsities.split(",")])
+    rows = run_sweep(args.store, args.out, runs, progress=not args.quiet)
+    for r in rows:
+        print(f"{r['run']:32s} L0 {r['l0']:7.2f}  EV {r['explained_variance']:.3f}  fidelity {r['fidelity_zero']:.3f}")
+    print(f"frontier: {args.out}/frontier.png")
+    return 0
 
 
 def _cmd_quickstart(args) -> int:
-    """The main job, end to end on an embedded default. For now: render the default family."""
+    """The main job, end to end on an embedded default."""
+    import os
     from pathlib import Path
 
-    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+    from frobnolab.analysis.pipeline import QUICKSTART_PRESETS, run_quickstart
 
-    family, n, size = QUICKSTART_PRESETS[args.preset]
+    taesd = args.taesd or os.environ.get("FROBNOLAB_TAESD_DIR")
     run = Path(args.out)
-    data = render_dataset(RenderConfig(family, n=n, size=size, seed=args.seed), run / "render",
-                          workers=args.workers, progress=not args.quiet, command="frobnolab quickstart")
-    print(f"dataset:  {data}  ({n} images of {size}x{size}, family {family!r})")
-    print(f"preview:  {data / 'preview.png'}")
-    print(f"manifest: {data / 'manifest.json'}")
+    times = run_quickstart(QUICKSTART_PRESETS[args.preset], run, taesd=taesd, workers=args.workers,
+                           progress=not args.quiet)
+    print(f"\nrun folder: {run}   ({sum(times.values()):.0f} s in all)")
+    print(f"  images and ground truth: {run / 'render' / 'preview.png'}")
+    print(f"  autoencoder:             {run / 'ae' / 'training.json'}")
+    print(f"  SAE (sae-lens format):   {run / 'sae' / 'sae'}   metrics: {run / 'sae' / 'training.json'}")
+    if not taesd:
+        print("  (give --taesd DIR or $FROBNOLAB_TAESD_DIR to study TAESD too)")
     return 0
 
 
@@ -192,17 +229,48 @@ def build_parser() -> argparse.ArgumentParser:
     common(e)
     e.set_defaults(run=_cmd_extract)
 
+    def sae_options(sp):
+        sp.add_argument("store", help="activation store folder (frobnolab extract)")
+        sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--preset", help="named preset applied first (see frobnolab.analysis.presets)")
+        sp.add_argument("--hook", help="hook point of the store to train on")
+        sp.add_argument("--tokens", type=int, help="training tokens (default 500000)")
+        sp.add_argument("--batch-size", type=int, help="tokens per step (default 1024)")
+        sp.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+        sp.add_argument("--lr-schedule", help="sae-lens scheduler: constant, cosineannealing, ...")
+        sp.add_argument("--normalize", help="sae-lens activation normalisation (default expected_average_only_in)")
+        sp.add_argument("--seed", type=int, help="seed (default 0)")
+        sp.add_argument("--device", help="cpu or cuda (default cpu)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train-sae", help="train a sparse autoencoder with sae-lens on an activation store")
+    sae_options(t)
+    t.add_argument("--architecture", help="standard, topk, batchtopk, jumprelu, matryoshka_batchtopk, gated "
+                                          "(default topk)")
+    t.add_argument("--width", type=int, help="latents (default 256)")
+    t.add_argument("--k", type=int, help="active latents (TopK family; default 16)")
+    t.add_argument("--sparsity", type=float, help="L1 (standard, gated) or L0 (jumprelu) coefficient (default 1)")
+    t.set_defaults(run=_cmd_train_sae)
+
+    t = sub.add_parser("sweep-sae", help="train a grid of SAEs on one store and plot the sparsity-fidelity frontier")
+    sae_options(t)
+    t.add_argument("--architectures", default="topk", help="comma-separated architectures")
+    t.add_argument("--widths", default="128,256", help="comma-separated widths")
+    t.add_argument("--ks", default="4,8,16", help="comma-separated k values (TopK family)")
+    t.add_argument("--sparsities", default="0.3,1,3", help="comma-separated coefficients (other architectures)")
+    t.set_defaults(run=_cmd_sweep_sae)
+
     k = sub.add_parser("hooks", help="list a model's documented hook points", formatter_class=fmt)
     k.add_argument("model", help="saved model folder or pretrained name (as for extract --model)")
     k.set_defaults(run=_cmd_hooks)
 
     q = sub.add_parser("quickstart", help="run the main job end to end on an embedded default",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--preset", choices=sorted(QUICKSTART_PRESETS), default="quickstart",
+    q.add_argument("--preset", choices=["quickstart", "tiny"], default="quickstart",
                    help="size of the run: tiny (seconds, for tests) or quickstart (minutes)")
     q.add_argument("--out", default="runs/quickstart", help="run folder; each stage writes a subfolder")
-    q.add_argument("--seed", type=int, default=0, help="seed of every stage")
     q.add_argument("--workers", type=int, default=0, help="render processes; 0 = one per core")
+    q.add_argument("--taesd", help="folder of TAESD weights (taesd_encoder/decoder.safetensors) to study TAESD too")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(run=_cmd_quickstart)
     return p

@@ -42,6 +42,17 @@ def _images(ds: Dataset, idx: np.ndarray) -> torch.Tensor:  # (N, 3, H, W) float
     return torch.from_numpy(np.ascontiguousarray(ds["rgb"][idx])).permute(0, 3, 1, 2).contiguous()
 
 
+def _up_to_date(out: Path, cfg, ds: Dataset) -> dict | None:
+    """The saved record when ``out`` already holds a model trained with this config on this dataset."""
+    meta = out / "model.json"
+    if not meta.exists():
+        return None
+    rec = json.loads(meta.read_text()).get("record", {})
+    same = rec.get("train_config") == json.loads(json.dumps(dataclasses.asdict(cfg))) and \
+        rec.get("dataset_sha256") == ds.manifest["dataset_sha256"]
+    return json.loads((out / "training.json").read_text()) if same and (out / "training.json").exists() else None
+
+
 def _finish(model, out: Path, cfg, ds: Dataset, curve: list, evaluation: dict, seconds: float, steps_done: int):
     record = {"train_config": dataclasses.asdict(cfg), "dataset": str(ds.path),
               "dataset_sha256": ds.manifest["dataset_sha256"], "steps": steps_done, "seconds": round(seconds, 2),
@@ -81,6 +92,8 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
     from tqdm.auto import trange
 
     ds, out, dev = Dataset(dataset), Path(out), _device(cfg.device)
+    if (done := _up_to_date(out, cfg, ds)) is not None:
+        return done
     out.mkdir(parents=True, exist_ok=True)
     train = _images(ds, split_indices(len(ds), "train"))
     torch.manual_seed(cfg.seed)
@@ -181,6 +194,8 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
     from frobnolab.scenes.queries import SceneQuery
 
     ds, out, dev = Dataset(dataset), Path(out), _device(cfg.device)
+    if (done := _up_to_date(out, cfg, ds)) is not None:
+        return done
     out.mkdir(parents=True, exist_ok=True)
     scene = single_scene(ds)
     query = SceneQuery(scene)

@@ -140,3 +140,29 @@ def test_bad_configs_are_refused():
         A.SAETrainConfig(hook="h", architecture="magic")
     with pytest.raises(ValueError, match="cannot exceed"):
         A.SAETrainConfig(hook="h", width=8, k=16)
+
+
+def test_sweep_writes_frontier_and_cli_trains(store, ae, tmp_path, capsys):
+    from frobnolab.analysis.sweep import run_sweep, sweep_configs
+
+    base = cfg(training_tokens=2048, checkpoints=0)
+    runs = sweep_configs(base, ["topk", "standard"], [16, 32], [2, 64], [0.5])
+    assert [n for n, _ in runs] == ["topk-w16-k2", "topk-w32-k2", "standard-w16-s0.5", "standard-w32-s0.5"]
+    rows = run_sweep(store, tmp_path / "sw", runs[:1] + runs[2:3], model=ae, progress=False)
+    assert len(rows) == 2 and (tmp_path / "sw" / "frontier.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "sw" / "frontier.json").read_text())[0]["l0"] == pytest.approx(2.0)
+
+
+def test_cli_train_sae_with_a_saved_model(tiny_dataset, tmp_path, capsys):
+    from frobnolab.cli import main
+    from frobnolab.models.io import save_model
+
+    torch.manual_seed(0)
+    save_model(ConvAutoencoder(ConvAEConfig(channels=(8, 16), latent_channels=4)), tmp_path / "ae")
+    assert main(["extract", "--model", str(tmp_path / "ae"), "--dataset", str(tiny_dataset), "--hooks", "latent",
+                 "--out", str(tmp_path / "st"), "--quiet"]) == 0
+    assert main(["train-sae", str(tmp_path / "st"), "--preset", "tiny", "--hook", "latent", "--out",
+                 str(tmp_path / "sae"), "--quiet"]) == 0
+    assert "explained variance" in capsys.readouterr().out
+    assert main(["train-sae", str(tmp_path / "st"), "--preset", "tiny", "--out", str(tmp_path / "x")]) == 2
+    assert "--hook" in capsys.readouterr().err

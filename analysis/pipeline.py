@@ -1,0 +1,94 @@
+"""The main job: one run folder, every stage in turn, each skipped when its output is already up to date.
+
+    runs/NAME/render/    dataset (frobnolab.scenes)
+    runs/NAME/ae/        the small autoencoder trained on it
+    runs/NAME/store/     activation store of its hook point
+    runs/NAME/sae/       SAE (sae-lens format in sae/sae)
+    runs/NAME/taesd-*/   the same for TAESD, when its weights are given
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from frobnolab.models.conv_ae import ConvAEConfig
+from frobnolab.models.train import TrainAEConfig, train_autoencoder
+from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+from .sae import SAETrainConfig, train_sae
+from .store import ExtractConfig, extract
+
+
+@dataclass
+class QuickstartConfig:
+    family: str = "shapes"
+    """Scene family of the run."""
+    images: int = 256
+    """Images rendered."""
+    size: int = 64
+    """Image side in pixels."""
+    ae: TrainAEConfig = field(default_factory=lambda: TrainAEConfig(steps=600))
+    """The small autoencoder's training."""
+    hook: str = "enc1"
+    """The autoencoder's hook point to study."""
+    sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(hook="enc1", width=256, k=8,
+                                                                          training_tokens=400_000, lr=2e-3))
+    """The SAE on that hook point."""
+    taesd_hook: str = "enc7"
+    """TAESD's hook point (used when TAESD weights are given)."""
+    taesd_tokens_per_image: int = 64
+    """Tokens kept per image from TAESD (its maps are large)."""
+    seed: int = 0
+    """Seed of every stage."""
+
+
+QUICKSTART_PRESETS = {
+    "quickstart": QuickstartConfig(),
+    "tiny": QuickstartConfig(images=16, size=32,
+                             ae=TrainAEConfig(model=ConvAEConfig(channels=(8, 16), latent_channels=4), steps=30,
+                                              batch_size=8),
+                             hook="enc0",
+                             sae=SAETrainConfig(hook="enc0", width=32, k=4, training_tokens=32768, batch_size=256,
+                                                lr=3e-3, checkpoints=1),
+                             taesd_tokens_per_image=32),
+}
+
+
+def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = None, workers: int = 0,
+                   progress: bool = True, log=print) -> dict:
+    """Run every stage into ``out``; returns {stage: seconds} (also written to ``out/stages.json``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def stage(name, fn):
+        t = time.time()
+        res = fn()
+        times[name] = round(time.time() - t, 2)
+        log(f"[{name}] done in {times[name]:.1f} s")
+        return res
+
+    data = stage("render", lambda: render_dataset(
+        RenderConfig(cfg.family, n=cfg.images, size=cfg.size, seed=cfg.seed), out / "render", workers=workers,
+        progress=progress, command="frobnolab quickstart"))
+    stage("train-ae", lambda: train_autoencoder(data, out / "ae", cfg.ae, progress=progress))
+    stage("extract", lambda: extract(ExtractConfig(model=str((out / "ae").resolve()), dataset=str(data.resolve()),
+                                                   hooks=(cfg.hook,), seed=cfg.seed), out / "store", force=True,
+                                     progress=progress))
+    stage("train-sae", lambda: train_sae(out / "store", out / "sae", cfg.sae, progress=progress))
+    if taesd:
+        stage("extract-taesd", lambda: extract(ExtractConfig(
+            model=f"taesd:{Path(taesd).resolve()}", dataset=str(data.resolve()), hooks=(cfg.taesd_hook,),
+            tokens_per_image=cfg.taesd_tokens_per_image, seed=cfg.seed), out / "taesd-store", force=True,
+            progress=progress))
+        stage("train-sae-taesd", lambda: train_sae(out / "taesd-store", out / "taesd-sae",
+                                                   SAETrainConfig(**{**asdict(cfg.sae), "hook": cfg.taesd_hook}),
+                                                   progress=progress))
+    tmp = out / f".stages.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"seconds": times, "config": asdict(cfg), "taesd": taesd}, indent=1, default=str))
+    os.replace(tmp, out / "stages.json")
+    return times

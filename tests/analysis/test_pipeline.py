@@ -1,0 +1,23 @@
+import json
+
+from frobnolab.cli import main
+
+
+def test_quickstart_tiny_runs_every_stage_and_resumes(tmp_path, capsys, taesd_dir):
+    run = tmp_path / "run"
+    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1",
+                 "--taesd", str(taesd_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "run folder" in out and "preview.png" in out
+    stages = json.loads((run / "stages.json").read_text())["seconds"]
+    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "extract-taesd", "train-sae-taesd"}
+    for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
+              "taesd-sae/sae/sae_weights.safetensors"):
+        assert (run / f).exists(), f
+    ev = json.loads((run / "sae" / "training.json").read_text())["evaluation"]
+    assert ev["l0"] > 0 and ev["explained_variance"] <= 1 and ev["fidelity_zero"] == ev["fidelity_zero"]
+    # a second run finds every stage up to date
+    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1",
+                 "--taesd", str(taesd_dir)]) == 0
+    again = json.loads((run / "stages.json").read_text())["seconds"]
+    assert sum(again.values()) < 0.5 * sum(stages.values()) + 1.0
