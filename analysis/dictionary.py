@@ -1,0 +1,127 @@
+"""Dictionary-level scores: how the SAE as a whole relates to the ground truth.
+
+- MCC: Hungarian matching of features to ground-truth columns by |Pearson correlation| over held-out tokens;
+  the mean matched |correlation| (and the same for the random-direction nulls' best correlations, as a floor);
+- per-concept coverage: for every concept, the feature with the highest cross-validated eta^2 and that eta^2;
+- DCI (disentanglement, completeness, informativeness; Eastwood & Williams 2018) and MIG (mutual information gap;
+  Chen et al. 2018) between the per-image mean feature activations and the per-image scene factors;
+- stability: with a second SAE (another seed), features matched by activation correlation (Hungarian); the mean
+  matched correlation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from frobnolab.scenes.dataset import Dataset
+
+
+def mcc(corr_FG: np.ndarray) -> float:
+    c = np.abs(np.nan_to_num(corr_FG))
+    if c.size == 0:
+        return float("nan")
+    r, k = linear_sum_assignment(-c)
+    return float(c[r, k].mean())
+
+
+def coverage(single_r2: dict[str, list], alive: np.ndarray) -> dict:
+    out = {}
+    for name, r2 in single_r2.items():
+        r2 = np.where(alive, np.nan_to_num(np.asarray(r2, float), nan=-1), -1)
+        j = int(r2.argmax())
+        out[name] = {"feature": j, "r2": float(r2[j])}
+    return out
+
+
+def _discretize(x: np.ndarray, bins: int = 10) -> np.ndarray:
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, x, side="right")
+
+
+def _mutual_info(a: np.ndarray, b: np.ndarray) -> float:
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1, keepdims=True), p.sum(0, keepdims=True)
+    nz = p > 0
+    return float((p[nz] * np.log(p[nz] / (pa @ pb)[nz])).sum())
+
+
+def mig(codes_IF: np.ndarray, factors_IK: np.ndarray) -> float:
+    """Mean over factors of (top-2 gap in MI between a feature and the factor) / H(factor)."""
+    if codes_IF.shape[1] < 2 or len(codes_IF) < 4:
+        return float("nan")
+    c = np.stack([_discretize(x) for x in codes_IF.T], 1)
+    gaps = []
+    for k in range(factors_IK.shape[1]):
+        fk = _discretize(factors_IK[:, k])
+        h = _mutual_info(fk, fk)
+        if h <= 0:
+            continue
+        mi = np.sort([_mutual_info(c[:, j], fk) for j in range(c.shape[1])])[::-1]
+        gaps.append((mi[0] - mi[1]) / h)
+    return float(np.mean(gaps)) if gaps else float("nan")
+
+
+def dci(codes_IF: np.ndarray, factors_IK: np.ndarray) -> dict:
+    """DCI with importances from per-factor lasso-free ridge regressions on standardised codes (|coefficients|),
+    informativeness as the mean held-out R^2 (leave-every-other-image-out)."""
+    if len(codes_IF) < 6:
+        return {"disentanglement": float("nan"), "completeness": float("nan"), "informativeness": float("nan")}
+    x = (codes_IF - codes_IF.mean(0)) / np.maximum(codes_IF.std(0), 1e-9)
+    y = (factors_IK - factors_IK.mean(0)) / np.maximum(factors_IK.std(0), 1e-9)
+    tr, te = np.arange(len(x)) % 2 == 0, np.arange(len(x)) % 2 == 1
+    lam = 1.0 * len(x)
+    W = np.linalg.solve(x[tr].T @ x[tr] + lam * np.eye(x.shape[1]), x[tr].T @ y[tr])  # (F, K)
+    pred = x[te] @ W
+    r2 = 1 - ((y[te] - pred) ** 2).sum(0) / np.maximum(((y[te] - y[te].mean(0)) ** 2).sum(0), 1e-12)
+    imp = np.abs(W) + 1e-12
+    k = imp.shape[1]
+    p_code = imp / imp.sum(1, keepdims=True)
+    dis = 1 + (p_code * np.log(p_code)).sum(1) / np.log(max(k, 2))
+    rho = imp.sum(1) / imp.sum()
+    p_fac = imp / imp.sum(0, keepdims=True)
+    comp = 1 + (p_fac * np.log(p_fac)).sum(0) / np.log(max(imp.shape[0], 2))
+    return {"disentanglement": float((rho * dis).sum()), "completeness": float(comp.mean()),
+            "informativeness": float(np.clip(r2, -1, 1).mean())}
+
+
+def stability(sae_a, sae_b, acts: np.ndarray) -> float:
+    """Mean matched activation correlation between two SAEs on the same tokens (Hungarian matching)."""
+    import torch
+
+    with torch.no_grad():
+        fa = sae_a.encode(torch.from_numpy(acts)).numpy()
+        fb = sae_b.encode(torch.from_numpy(acts)).numpy()
+    fa, fb = fa[:, fa.std(0) > 0], fb[:, fb.std(0) > 0]
+    if not fa.size or not fb.size:
+        return float("nan")
+    za = (fa - fa.mean(0)) / fa.std(0)
+    zb = (fb - fb.mean(0)) / fb.std(0)
+    c = np.abs(za.T @ zb / len(acts))
+    r, k = linear_sum_assignment(-c)
+    return float(c[r, k].mean())
+
+
+def dictionary_scores(table: dict, summary: dict, store, hook: str, sae, other_sae, cfg) -> dict:
+    from .sae_eval import held_out_acts
+
+    alive = np.asarray(table["freq"]) > 0
+    out = {"mcc": mcc(summary["_corr"][alive]) if alive.any() else float("nan"),
+           "coverage": coverage(summary["single_r2"], alive)}
+    ds = Dataset(store.manifest["dataset"])
+    img_sum = summary["_img_sum"]
+    images = np.array(sorted(img_sum))
+    counts = np.bincount(np.asarray(store[hook].where)[:, 0], minlength=len(ds))
+    codes = np.stack([img_sum[i][: len(alive)] for i in images]) / np.maximum(counts[images], 1)[:, None]
+    codes = codes[:, alive]
+    fac = ds.factors[images]
+    keep = np.isfinite(fac).all(0) & (fac.std(0) > 0)
+    names = [n for n, k in zip(ds.factor_names, keep) if k]
+    out["factors"] = names
+    out["mig"] = mig(codes, fac[:, keep]) if keep.any() else float("nan")
+    out["dci"] = dci(codes, fac[:, keep]) if keep.any() else {}
+    if other_sae is not None:
+        out["stability"] = stability(sae, other_sae, held_out_acts(store, hook, max_tokens=50_000))
+    return out

@@ -1,0 +1,146 @@
+"""The scoring report: Markdown with pictures (top-activating crops, the activation heatmap over them and the
+matching ground-truth concept map beside them) for the top frobnoloids and the best feature of each concept."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from frobnolab.scenes.dataset import Dataset
+
+from . import concepts as C
+
+
+def feature_maps(store, hook: str, sae, images: list[int]) -> dict[int, np.ndarray]:
+    """Every feature's activation map ``(F, h, w)`` for each image in ``images`` (cells without a token: 0)."""
+    tok = store[hook]
+    ds = Dataset(store.manifest["dataset"])
+    h, w = ds.size
+    s = max(tok.stride, 1)
+    want = set(int(i) for i in images)
+    rows: dict[int, list] = {i: [] for i in want}
+    for k in range(len(tok.acts._files)):
+        where = np.asarray(tok.where._shard(k))
+        sel = np.flatnonzero(np.isin(where[:, 0], list(want)))
+        if len(sel):
+            acts = np.asarray(tok.acts._shard(k)[sel], np.float32)
+            with torch.no_grad():
+                f = sae.encode(torch.from_numpy(acts)).numpy()
+            for r, (im, rr, cc) in zip(f, where[sel][:, :3]):
+                rows[int(im)].append((rr, cc, r))
+    out = {}
+    for im, lst in rows.items():
+        m = np.zeros((sae.cfg.d_sae, h // s, w // s), np.float32)
+        for rr, cc, r in lst:
+            m[:, rr, cc] = r
+        out[im] = m
+    return out
+
+
+def concept_map(ds: Dataset, image: int, concept: str) -> np.ndarray:
+    """A concept's per-pixel map for one image (categorical: class codes)."""
+    con = C.REGISTRY.get(concept.split("+")[0])
+    if con is None or con.pixel is None:
+        return np.zeros(ds.size)
+    bufs = {k: np.asarray(ds[k][image:image + 1]) for k in ds.buffers}
+    return np.asarray(con.pixel(bufs))[0].astype(np.float32)
+
+
+def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path: Path, maps=None) -> Path:
+    """Top-activating crops of one feature: image, activation heatmap over it, concept map beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = Dataset(store.manifest["dataset"])
+    s = max(store[hook].stride, 1)
+    h, w = ds.size
+    ex, seen = [], set()
+    for x in top_where:  # the strongest token of each of the first four distinct images
+        if x[0] >= 0 and x[0] not in seen:
+            seen.add(x[0])
+            ex.append(tuple(x))
+    ex = ex[:4]
+    maps = maps or feature_maps(store, hook, sae, sorted({e[0] for e in ex}))
+    fig, axes = plt.subplots(3, max(len(ex), 1), figsize=(2.1 * max(len(ex), 1), 6.3), squeeze=False)
+    half = max(4 * s, 12)
+    for col, (im, r, c) in enumerate(ex):
+        rgb = np.asarray(ds["rgb"][im])
+        heat = np.kron(maps[im][feature], np.ones((s, s)))
+        cm = concept_map(ds, im, concept)
+        cy, cx = r * s + s // 2, c * s + s // 2
+        y0, x0 = int(np.clip(cy - half, 0, max(h - 2 * half, 0))), int(np.clip(cx - half, 0, max(w - 2 * half, 0)))
+        win = (slice(y0, y0 + 2 * half), slice(x0, x0 + 2 * half))
+        axes[0, col].imshow(rgb[win])
+        axes[0, col].set_title(f"img {im}", fontsize=8)
+        axes[1, col].imshow(rgb[win])
+        axes[1, col].imshow(heat[win], cmap="inferno", alpha=0.6, vmin=0, vmax=max(float(heat.max()), 1e-6))
+        axes[2, col].imshow(cm[win], cmap="viridis")
+        for row in range(3):
+            axes[row, col].axis("off")
+    axes[1, 0].set_title("activation", fontsize=8, loc="left")
+    axes[2, 0].set_title(concept, fontsize=8, loc="left")
+    fig.suptitle(f"feature {feature}", fontsize=9)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n_top: int = 8) -> Path:
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    frob = np.asarray(table["frob"], float)
+    top = [int(j) for j in np.argsort(-frob)[:n_top] if frob[j] > 0]
+    per_concept = summary["dictionary"]["coverage"]
+    named = sorted({v["feature"] for v in per_concept.values() if v["r2"] > 0.1})
+    pictures = store.manifest["kind"] == "image"
+    wanted = sorted(set(top) | set(named))
+    if pictures and wanted:
+        ims = sorted({int(x[0]) for j in wanted for x in table["top_where"][j] if x[0] >= 0})
+        maps = feature_maps(store, hook, sae, ims)
+        for j in wanted:
+            feature_figure(store, hook, sae, j, table["top_where"][j], str(table["named_concept"][j]),
+                           fig_dir / f"feature_{j}.png", maps)
+    d = summary["dictionary"]
+    n = summary["nulls95"]
+    lines = [f"# Feature scores: {summary['sae']} on {hook}", "",
+             f"{summary['tokens']} held-out tokens, {summary['features']} features ({summary['alive']} alive), "
+             f"{summary['n_null']} random-direction null features.", "",
+             "| dictionary | value |", "| --- | --- |",
+             f"| MCC (features vs ground-truth columns) | {d['mcc']:.3f} |",
+             f"| MIG vs scene factors | {d.get('mig', float('nan')):.3f} |"]
+    for k, v in d.get("dci", {}).items():
+        lines.append(f"| DCI {k} | {v:.3f} |")
+    if "stability" in d:
+        lines.append(f"| stability across seeds | {d['stability']:.3f} |")
+    lines += ["", "Null 95th percentiles: " + ", ".join(f"{k} {v:.3f}" for k, v in n.items()), "",
+              "## Top frobnoloids (real, important, unnamed)", "",
+              "| feature | frob [90% CI] | scene R2 | best named (R2) | best pair (R2) | causal | lands on |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for j in top:
+        ci = f"[{table['frob_lo'][j]:.2f}, {table['frob_hi'][j]:.2f}]" if np.isfinite(table["frob_lo"][j]) else ""
+        causal = table["causal"][j] if np.isfinite(table["causal"][j]) else table["causal_est"][j]
+        lines.append(f"| {j} | {frob[j]:.3f} {ci} | {table['scene_r2'][j]:.3f} | {table['named_concept'][j]} "
+                     f"({table['named_r2'][j]:.3f}) | {table['pair'][j]} ({table['pair_r2'][j]:.3f}) | "
+                     f"{causal:.3f} | {table['lands_on'][j]} |")
+    if not top:
+        lines.append("| (none beat the nulls) | | | | | | |")
+    if pictures:
+        lines += [""] + [f"![feature {j}](figures/feature_{j}.png)" for j in top]
+    lines += ["", "## Best feature per concept", "", "| concept | feature | eta^2 (cv) |", "| --- | --- | --- |"]
+    for name, v in sorted(per_concept.items(), key=lambda kv: -kv[1]["r2"]):
+        lines.append(f"| {name} | {v['feature']} | {v['r2']:.3f} |")
+    if pictures:
+        lines += [""] + [f"![feature {j}](figures/feature_{j}.png)" for j in named]
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
