@@ -5,21 +5,25 @@ streamed chunk by chunk (``score_stats``). Per feature:
 
 - ``named_r2``: the best named concept's cross-validated correlation ratio (eta^2: the variance of the per-bin mean
   activation over the activation's variance, bins of the concept's value) and ``pair_r2`` for the best pair of named
-  concepts (joint bins, among the feature's top 4 single concepts); ``named_best = max`` of the two;
+  concepts (joint bins, among the feature's top 6 single concepts); ``named_best = max`` of the two;
 - ``auroc`` / ``f1``: the best detection view against binary concepts and categorical classes;
-- ``scene_r2``: cross-validated R^2 of a kernel ridge regression (random Fourier features) of the activation from
-  ALL ground-truth columns at the token, named or not: is the feature a function of the scene at all?
+- ``scene_r2``: cross-validated R^2 of the activation predicted from ALL ground-truth columns at the token, named
+  or not (the better of a kernel ridge regression on random Fourier features and a small MLP): is the feature a
+  function of the scene at all?
 - ``causal``: the loss change against the optimal output from ablating the feature in the spliced model, over the
   loss change from zero-ablating the layer: exact for the features with the most perturbation energy and for the
   leading candidates, otherwise ``causal_est``, the energy sum_t |f_j W_dec_j|^2 calibrated on the exact ones; and
   ``lands_on`` / ``lift``: the concept whose pixels take the largest share of that change;
 - ``frob``: the frobnoloid score  gap * importance * real, where
   gap = max(0, scene_r2 - named_best)  (what the scene explains and no name or pair of names does),
-  importance = min(1, causal / causal_null95), real = [scene_r2 > scene_null95];
+  importance = min(1, causal / causal_null95), real = [scene_r2 > scene_floor (0.1)];
   with a bootstrap interval over held-out images for the top candidates.
 - nulls: each score is computed for random unit directions in activation space, thresholded to the firing rate of a
   real feature (matched sparsity), and for causal effects random decoder directions carrying real features'
-  activation patterns. ``*_null95`` are their 95th percentiles; a feature is a finding only above them.
+  activation patterns. ``*_null95`` are their 95th percentiles; a feature is a finding only above them: a
+  frobnoloid ``candidate`` has gap > max(0.2, gap_null95) and causal > causal_null95. (Random directions in an
+  activation space that encodes the scene are themselves functions of the scene, so "real" is a floor on scene_r2,
+  and the null that matters for frobnoloids is the gap of random mixtures, which no single name explains either.)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 
 from frobnolab.scenes.dataset import HOLDOUT_EVERY
 
+from .scene_mlp import FoldSample, r2, scene_r2_mlp
 from .score_stats import BinnedStats, DetectionStats, RidgeStats
 from .store import ActivationStore
 from .variables import build_variables
@@ -52,8 +57,12 @@ class ScoreConfig:
     n_null: int = 32
     """Random-direction null features."""
     ridge_dim: int = 384
-    """Random Fourier features of the scene-explained regression."""
-    pair_candidates: int = 4
+    """Random Fourier features of the scene-explained kernel regression."""
+    scene_steps: int = 1500
+    """Training steps of the scene-explained MLP (per fold)."""
+    scene_tokens: int = 30_000
+    """Tokens per fold the MLP trains on (and the bootstrap resamples)."""
+    pair_candidates: int = 6
     """Top single concepts per feature among which the best pair is sought."""
     causal_top: int = 64
     """Features ablated exactly, by perturbation energy (the rest: a calibrated energy estimate)."""
@@ -65,6 +74,8 @@ class ScoreConfig:
     """Candidates (by frobnoloid score) that get a bootstrap interval."""
     candidate_gap: float = 0.2
     """A frobnoloid candidate's gap must exceed this and its null."""
+    scene_floor: float = 0.1
+    """A feature is "real" (consistent) when the scene explains more than this share of its variance."""
     seed: int = 0
     """Seed of nulls, folds of randomness and bootstraps."""
     device: str = "cpu"
@@ -193,6 +204,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     f_sq = np.zeros(F)
     img_sum: dict[int, np.ndarray] = {}
     top_k = 32
+    sample_fold = FoldSample(cfg.scene_tokens)
     top_val = np.full((F, top_k), -np.inf)
     top_where = np.zeros((F, top_k, 3), np.int64)
 
@@ -204,6 +216,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         singles.add(f, bins, fold)
         detect.add(f, np.stack([t[1](g) for _, t in targets]) if targets else np.zeros((0, len(g))))
         ridge.add(f, g, fold)
+        sample_fold.add(f, g, fold, w[:, 0])
         n_tok += len(g)
         s1 += np.asarray(f.sum(0)).ravel()
         f_sq += np.asarray(f.multiply(f).sum(0)).ravel()
@@ -231,22 +244,34 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     log(f"pass 1: {n_tok} tokens in {time.time() - t0:.1f} s")
 
     single_r2 = singles.r2_cv()  # (V, F)
-    scene_r2, ridge_lam = ridge.r2_cv()
+    ridge_r2, ridge_lam = ridge.r2_cv()
+    mlp_r2, predictors = scene_r2_mlp(sample_fold, cfg.scene_steps, seed=cfg.seed, device=cfg.device)
+    scene_r2 = ridge_r2 if mlp_r2 is None else np.fmax(ridge_r2, mlp_r2)
     auroc, f1 = detect.finish() if targets else (np.zeros((0, F)), np.zeros((0, F)))
     named_idx = np.array([k for k, v in enumerate(variables) if v.named])
     named_r2 = np.where(np.isnan(single_r2[named_idx]), -np.inf, single_r2[named_idx])
     best_single = named_idx[named_r2.argmax(0)]
     best_single_r2 = named_r2.max(0)
 
-    # ---- pass 2: pairs among each feature's top single concepts
+    # ---- pass 2: pairs. Candidates per feature: its top singles by eta^2 and its top variables by |correlation|
+    # (a factor of a product can have a low eta^2 of its own but still correlate); pairs are the best single with
+    # every other candidate, plus the pairs among the top three singles.
     m = min(cfg.pair_candidates, len(named_idx))
     top_vars = named_idx[np.argsort(-named_r2, 0)[:m]].T  # (F, m)
-    slots = [(p, q) for p in range(m) for q in range(p + 1, m)]
+    corr_all = _corr(fg_sum, s1, f_sq, g_sum, g_sq, n_tok)  # (F, G)
+    var_corr = np.stack([np.abs(corr_all[:, variables[k].cols]).max(1) for k in named_idx], 1)  # (F, n_named)
+    top_corr = named_idx[np.argsort(-var_corr, 1)[:, :m]]  # (F, m)
+    cands = np.concatenate([top_vars, top_corr], 1)
+    slot_list = [np.stack([cands[:, 0], cands[:, c]], 1) for c in range(1, cands.shape[1])]
+    for p, q in ((1, 2), (1, 3), (2, 3)):
+        if q < m:
+            slot_list.append(np.stack([top_vars[:, p], top_vars[:, q]], 1))
+    slots = slot_list
     pair_r2 = np.full(F, -np.inf)
     pair_best = np.zeros((F, 2), np.int64)
     if slots:
         C = max(v.n_coarse for v in variables)
-        pv = np.stack([np.stack([top_vars[:, p], top_vars[:, q]], 1) for p, q in slots], 1)  # (F, S, 2)
+        pv = np.stack(slots, 1)  # (F, S, 2)
         lo, hi = np.minimum(pv[..., 0], pv[..., 1]), np.maximum(pv[..., 0], pv[..., 1])
         pair_ids, inv = np.unique(lo * V + hi, return_inverse=True)
         inv = inv.reshape(F, len(slots))
@@ -338,7 +363,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     imp_ref = nulls["causal"] if np.isfinite(nulls["causal"]) and nulls["causal"] > 0 else None
     importance = np.clip(effect / imp_ref, 0, 1) if imp_ref else np.where(np.isfinite(effect), 1.0, 0.0)
     importance = np.nan_to_num(importance)
-    real = scene_r2 > nulls["scene_r2"]
+    real = scene_r2 > cfg.scene_floor
     frob = gap * importance * real
     if probe is not None:  # the leading candidates get exact ablations, then their scores are recomputed
         lead = [j for j in np.argsort(-frob[:n_features])[: cfg.bootstrap_top] if frob[j] > 0]
@@ -366,8 +391,11 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "scene_r2": scene_r2[real_f], "causal": causal[real_f], "causal_est": causal_est[real_f],
         "lands_on": lands[real_f], "lift": lift[real_f],
         "gap": gap[real_f], "frob": frob[real_f], "frob_lo": np.full(n_features, np.nan),
+        "beats_null_gap": gap[real_f] > nulls["gap"],
+        "beats_null_causal": (effect[real_f] > nulls["causal"]) if imp_ref else np.zeros(n_features, bool),
         "frob_hi": np.full(n_features, np.nan), "candidate": candidate[real_f],
-        "beats_null_named": named_best[real_f] > nulls["named_r2"], "beats_null_scene": real[real_f],
+        "beats_null_named": named_best[real_f] > nulls["named_r2"],
+        "beats_null_scene": scene_r2[real_f] > nulls["scene_r2"],
     }
     for k, v in enumerate(variables):
         if not v.named:
@@ -376,8 +404,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     top = np.argsort(-table["frob"])[: cfg.bootstrap_top]
     top = top[table["frob"][top] > 0]
     if len(top) and cfg.bootstrap:
-        lo, hi = _bootstrap(src, top, variables, best_single, pair_best, fold_of, ridge, ridge_lam, per_image_delta,
-                            nulls, imp_ref, effect, cfg, rng)
+        lo, hi = _bootstrap(sample_fold, predictors, top, variables, pair_best, per_image_delta, nulls, imp_ref,
+                            effect, ridge_r2, cfg, rng)
         table["frob_lo"][top], table["frob_hi"][top] = lo, hi
     table["top_where"] = top_where[real_f]
     table["top_val"] = top_val[real_f]
@@ -435,45 +463,47 @@ def _corr(fg, s1, f_sq, g_sum, g_sq, n):
         return np.where((sf[:, None] > 0) & (sg[None] > 0), cov / (sf[:, None] * sg[None]), 0.0)
 
 
-def _bootstrap(src, top, variables, best_single, pair_best, fold_of, ridge, ridge_lam, per_image_delta, nulls,
-               imp_ref, effect, cfg, rng):
-    """frob intervals (5th, 95th percentile) over image resamples for features ``top``."""
-    fs, gs, ims = [], [], []
-    for a, g, w in src.raw_chunks():
-        fs.append(np.asarray(src.encode_fn(a))[:, top])
-        gs.append(g)
-        ims.append(w[:, 0])
-    f, g, im = np.concatenate(fs), np.concatenate(gs), np.concatenate(ims)
+def _bootstrap(sample, predictors, top, variables, pair_best, per_image_delta, nulls, imp_ref, effect, ridge_r2,
+               cfg, rng):
+    """frob intervals (5th, 95th percentile) over resamples of held-out images, for features ``top``.
+
+    Each resample reweights the scoring sample's tokens by their image's multiplicity and recomputes the named
+    matches (single and the chosen pair) and the scene R^2 of the fixed out-of-fold predictions (the predictors
+    are not refitted), and averages the causal effect over the resampled probe images.
+    """
+    parts = [sample.arrays(k) for k in (0, 1)]
+    g = np.concatenate([p[0] for p in parts])
+    f = sp.vstack([p[1][:, top] for p in parts]).toarray()
+    im = np.concatenate([p[2] for p in parts])
+    fold = np.concatenate([np.full(len(p[0]), k) for k, p in enumerate(parts)])
+    if predictors:
+        pred = np.concatenate([predictors[k](parts[k][0])[:, top] for k in (0, 1)])
     images = np.unique(im)
     pos = np.searchsorted(images, im)
-    fold = fold_of[im]
-    bins_all = np.stack([v.bins(g) for v in variables])
-    coarse_all = np.stack([v.bins(g, coarse=True) for v in variables])
-    C = max(v.n_coarse for v in variables)
     named = [k for k, v in enumerate(variables) if v.named]
+    bins_named = np.stack([variables[k].bins(g) for k in named])
+    coarse = np.stack([v.bins(g, coarse=True) for v in variables])
+    C = max(v.n_coarse for v in variables)
     frobs = np.zeros((cfg.bootstrap, len(top)))
     for b in range(cfg.bootstrap):
         wimg = np.bincount(rng.integers(len(images), size=len(images)), minlength=len(images)).astype(float)
         w = wimg[pos]
         st = BinnedStats(len(named), max(variables[k].n_bins for k in named), len(top))
-        st.add(f, bins_all[named], fold, w)
+        st.add(f, bins_named, fold, w)
         single = np.nanmax(np.where(np.isnan(st.r2_cv()), -np.inf, st.r2_cv()), 0)
         pair = np.full(len(top), -np.inf)
         for t, j in enumerate(top):
             p, q = pair_best[j]
-            jb = coarse_all[p] * C + coarse_all[q]
             ps = BinnedStats(1, C * C, 1)
-            ps.add(f[:, t:t + 1], jb[None], fold, w)
-            pair[t] = ps.r2_cv()[0, 0]
-        rs = RidgeStats(ridge.mean, ridge.std, len(top), dim=ridge.D - 1, seed=cfg.seed)
-        rs.omega, rs.beta = ridge.omega, ridge.beta
-        rs.add(f, g, fold, w)
-        scene, _ = rs.r2_cv((ridge_lam,))
-        gap = np.clip(scene - np.maximum(single, np.nan_to_num(pair, nan=-np.inf)), 0, 1)
+            ps.add(f[:, t:t + 1], (coarse[p] * C + coarse[q])[None], fold, w)
+            pair[t] = np.nan_to_num(ps.r2_cv()[0, 0], nan=-np.inf)
+        scene = r2(f, pred, w) if predictors else ridge_r2[top]
+        scene = np.fmax(np.nan_to_num(scene, nan=-1), ridge_r2[top])
+        gap = np.clip(scene - np.maximum(single, pair), 0, 1)
         eff = np.array([_weighted_effect(per_image_delta[int(j)], images, wimg) if int(j) in per_image_delta
                         else effect[j] for j in top])
         imp = np.clip(np.abs(eff) / imp_ref, 0, 1) if imp_ref else np.ones(len(top))
-        frobs[b] = gap * imp * (scene > nulls["scene_r2"])
+        frobs[b] = gap * imp * (scene > cfg.scene_floor)
     return np.quantile(frobs, 0.05, 0), np.quantile(frobs, 0.95, 0)
 
 

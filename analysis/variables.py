@@ -1,6 +1,6 @@
 """Concept variables: each named concept of a store, discretised into bins for correlation ratios.
 
-- continuous concept: quantile bins of its pooled value (16 for single-concept scores, 6 for pairs);
+- continuous concept: quantile bins of its pooled value (16 for single-concept scores, 10 for pairs);
 - binary concept: bins of the fraction of the footprint where it holds ({0}, (0, .25], ..., {1}); a detection
   target "holds on at least half the footprint";
 - categorical concept: the footprint's majority class; one detection target per class present.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FINE, COARSE = 16, 6
+FINE, COARSE = 16, 10
 BINARY_EDGES = np.array([1e-6, 0.25, 0.5, 0.75, 1 - 1e-6])
 BINARY_COARSE = np.array([1e-6, 1 - 1e-6])
 
