@@ -4,6 +4,7 @@
     runs/NAME/ae/        the small autoencoder trained on it
     runs/NAME/store/     activation store of its hook point
     runs/NAME/sae/       SAE (sae-lens format in sae/sae)
+    runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score)
     runs/NAME/taesd-*/   the same for TAESD, when its weights are given
 """
 
@@ -20,6 +21,7 @@ from frobnolab.models.train import TrainAEConfig, train_autoencoder
 from frobnolab.scenes.dataset import RenderConfig, render_dataset
 
 from .sae import SAETrainConfig, train_sae
+from .score import ScoreConfig, score_sae
 from .store import ExtractConfig, extract
 
 
@@ -42,6 +44,8 @@ class QuickstartConfig:
     """TAESD's hook point (used when TAESD weights are given)."""
     taesd_tokens_per_image: int = 64
     """Tokens kept per image from TAESD (its maps are large)."""
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    """Feature scoring."""
     seed: int = 0
     """Seed of every stage."""
 
@@ -54,8 +58,29 @@ QUICKSTART_PRESETS = {
                              hook="enc0",
                              sae=SAETrainConfig(hook="enc0", width=32, k=4, training_tokens=32768, batch_size=256,
                                                 lr=3e-3, checkpoints=1),
-                             taesd_tokens_per_image=32),
+                             taesd_tokens_per_image=32,
+                             score=ScoreConfig(n_null=8, bootstrap=5, causal_top=8, scene_steps=200)),
 }
+
+
+def _score(store: Path, sae: Path, out: Path, cfg: ScoreConfig, progress: bool):
+    """Score unless ``out`` already holds scores of this SAE on this store with this config."""
+    done = out / "summary.json"
+    if done.exists():
+        s = json.loads(done.read_text())
+        if s.get("config") == json.loads(json.dumps(asdict(cfg))) and \
+                s.get("sae_sha256") == _sha(sae / "sae" / "sae_weights.safetensors"):
+            return s
+    s = score_sae(store, sae, out, cfg, progress=progress, log=lambda *_: None)
+    s["sae_sha256"] = _sha(sae / "sae" / "sae_weights.safetensors")
+    done.write_text(json.dumps(s, indent=1, default=str))
+    return s
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = None, workers: int = 0,
@@ -80,6 +105,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
                                                    hooks=(cfg.hook,), seed=cfg.seed), out / "store", force=True,
                                      progress=progress))
     stage("train-sae", lambda: train_sae(out / "store", out / "sae", cfg.sae, progress=progress))
+    stage("score", lambda: _score(out / "store", out / "sae", out / "scores", cfg.score, progress))
     if taesd:
         stage("extract-taesd", lambda: extract(ExtractConfig(
             model=f"taesd:{Path(taesd).resolve()}", dataset=str(data.resolve()), hooks=(cfg.taesd_hook,),
@@ -88,6 +114,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
         stage("train-sae-taesd", lambda: train_sae(out / "taesd-store", out / "taesd-sae",
                                                    SAETrainConfig(**{**asdict(cfg.sae), "hook": cfg.taesd_hook}),
                                                    progress=progress))
+        stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
+                                            progress))
     tmp = out / f".stages.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps({"seconds": times, "config": asdict(cfg), "taesd": taesd}, indent=1, default=str))
     os.replace(tmp, out / "stages.json")

@@ -74,6 +74,8 @@ class ScoreConfig:
     """Candidates (by frobnoloid score) that get a bootstrap interval."""
     candidate_gap: float = 0.2
     """A frobnoloid candidate's gap must exceed this and its null."""
+    track_r2: float = 0.5
+    """For held-out concepts: a feature "tracks" a concept when its eta^2 with it is at least this."""
     scene_floor: float = 0.1
     """A feature is "real" (consistent) when the scene explains more than this share of its variance."""
     seed: int = 0
@@ -397,9 +399,18 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "beats_null_named": named_best[real_f] > nulls["named_r2"],
         "beats_null_scene": scene_r2[real_f] > nulls["scene_r2"],
     }
+    recovery = {}
     for k, v in enumerate(variables):
         if not v.named:
             table[f"heldout_r2:{v.name}"] = single_r2[k, real_f]
+            # features that tracked the withheld concept should now surface as frobnoloid candidates
+            tracks = np.nan_to_num(single_r2[k, real_f]) >= cfg.track_r2
+            flagged = candidate[real_f]
+            recovery[v.name] = {
+                "tracking_features": int(tracks.sum()),
+                "recall": float((tracks & flagged).sum() / tracks.sum()) if tracks.any() else float("nan"),
+                "precision": float((tracks & flagged).sum() / flagged.sum()) if flagged.any() else float("nan"),
+            }
     # ---- bootstrap intervals for the top candidates
     top = np.argsort(-table["frob"])[: cfg.bootstrap_top]
     top = top[table["frob"][top] > 0]
@@ -415,7 +426,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "variables": [{"name": v.name, "kind": v.kind, "named": v.named} for v in variables],
         "nulls95": nulls, "n_null": R, "ridge_lambda": ridge_lam, "config": asdict(cfg),
         "seconds": round(time.time() - t0, 2),
-        "candidates": int(table["candidate"].sum()),
+        "candidates": int(table["candidate"].sum()), "heldout_recovery": recovery,
         "single_r2": {variables[k].name: single_r2[k, real_f].tolist() for k in range(V)},
         "_corr": corr, "_img_sum": img_sum, "_columns": columns,
     }

@@ -134,6 +134,43 @@ def _cmd_sweep_sae(args) -> int:
     return 0
 
 
+def _cmd_score(args) -> int:
+    from frobnolab.analysis.score import ScoreConfig, score_sae
+
+    cfg = ScoreConfig(holdout_concepts=tuple(args.holdout.split(",")) if args.holdout else (),
+                      max_tokens=args.max_tokens, n_null=args.nulls, causal_top=args.causal_top,
+                      causal_images=args.causal_images, bootstrap=args.bootstrap, seed=args.seed, device=args.device)
+    s = score_sae(args.store, args.sae, args.out, cfg, hook=args.hook, progress=not args.quiet,
+                  other_sae=args.other_sae, log=(lambda *_: None) if args.quiet else print)
+    d = s["dictionary"]
+    print(f"{s['tokens']} held-out tokens, {s['alive']}/{s['features']} features alive; MCC {d['mcc']:.3f}; "
+          f"{s['candidates']} frobnoloid candidate(s)")
+    for name, r in s.get("heldout_recovery", {}).items():
+        print(f"held-out {name}: {r['tracking_features']} tracking feature(s), recall {r['recall']:.2f}, "
+              f"precision {r['precision']:.2f}")
+    print(f"scores: {args.out}/features.parquet  summary: {args.out}/summary.json  report: {args.out}/report.md")
+    return 0
+
+
+def _cmd_validate_scorer(args) -> int:
+    from pathlib import Path
+
+    from frobnolab.analysis.planted import validate_scorer
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+    data = args.dataset or render_dataset(RenderConfig("clutter", n=args.n, size=64, seed=args.seed),
+                                          Path(args.out) / "render", progress=not args.quiet)
+    r = validate_scorer(data, args.out, progress=not args.quiet, seed=args.seed)
+    for u in r["units"]:
+        mark = {True: "ok  ", False: "FAIL", None: "    "}[u["ok"]]
+        print(f"{mark} {u['name']:20s} {u['kind']:11s} best named {u['named']:12s} ({u['named_r2']:.2f})  pair "
+              f"{u['pair']:24s} ({u['pair_r2']:.2f})  scene {u['scene_r2']:.2f}  frob {u['frob']:.3f} "
+              f"(rank {u['frob_rank']})")
+    print(f"attributed {r['attributed']}/{r['attributable']} ({r['attribution_rate']:.0%}); nameless unit ranked "
+          f"{r['nameless_rank']}; noise at null: {r['noise_at_null']}  ->  {'PASSED' if r['passed'] else 'FAILED'}")
+    return 0 if r["passed"] else 1
+
+
 def _cmd_quickstart(args) -> int:
     """The main job, end to end on an embedded default."""
     import os
@@ -149,6 +186,7 @@ def _cmd_quickstart(args) -> int:
     print(f"  images and ground truth: {run / 'render' / 'preview.png'}")
     print(f"  autoencoder:             {run / 'ae' / 'training.json'}")
     print(f"  SAE (sae-lens format):   {run / 'sae' / 'sae'}   metrics: {run / 'sae' / 'training.json'}")
+    print(f"  feature scores:          {run / 'scores' / 'report.md'}   table: {run / 'scores' / 'features.parquet'}")
     if not taesd:
         print("  (give --taesd DIR or $FROBNOLAB_TAESD_DIR to study TAESD too)")
     return 0
@@ -259,6 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ks", default="4,8,16", help="comma-separated k values (TopK family)")
     t.add_argument("--sparsities", default="0.3,1,3", help="comma-separated coefficients (other architectures)")
     t.set_defaults(run=_cmd_sweep_sae)
+
+    t = sub.add_parser("score", help="score every SAE feature against ground truth and the optimal output",
+                       formatter_class=fmt)
+    t.add_argument("store", help="activation store the SAE was trained on")
+    t.add_argument("sae", help="SAE folder (frobnolab train-sae)")
+    t.add_argument("--out", required=True, help="folder for features.parquet, summary.json, report.md")
+    t.add_argument("--hook", help="hook point (default: the SAE's training record)")
+    t.add_argument("--holdout", default="", help="comma-separated concepts withheld from the named set")
+    t.add_argument("--max-tokens", type=int, default=0, help="held-out tokens scored (0: all)")
+    t.add_argument("--nulls", type=int, default=32, help="random-direction null features")
+    t.add_argument("--causal-top", type=int, default=64, help="features ablated exactly")
+    t.add_argument("--causal-images", type=int, default=16, help="held-out images for causal effects")
+    t.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for frobnoloid intervals")
+    t.add_argument("--other-sae", help="a second SAE (another seed) for the stability score")
+    common(t)
+    t.set_defaults(run=_cmd_score)
+
+    t = sub.add_parser("validate-scorer", help="run the scorer on planted truth and check it recovers it",
+                       formatter_class=fmt)
+    t.add_argument("--out", required=True, help="folder for the tokens and validation.json")
+    t.add_argument("--dataset", help="dataset folder to plant units on (default: render clutter)")
+    t.add_argument("--n", type=int, default=160, help="images to render when no dataset is given")
+    common(t, device=False)
+    t.set_defaults(run=_cmd_validate_scorer)
 
     k = sub.add_parser("hooks", help="list a model's documented hook points", formatter_class=fmt)
     k.add_argument("model", help="saved model folder or pretrained name (as for extract --model)")

@@ -10,9 +10,11 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tmp_path, capsys, taesd_di
     out = capsys.readouterr().out
     assert "run folder" in out and "preview.png" in out
     stages = json.loads((run / "stages.json").read_text())["seconds"]
-    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "extract-taesd", "train-sae-taesd"}
+    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "extract-taesd", "train-sae-taesd",
+                           "score-taesd"}
     for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
-              "taesd-sae/sae/sae_weights.safetensors"):
+              "taesd-sae/sae/sae_weights.safetensors", "scores/features.parquet", "scores/report.md",
+              "taesd-scores/summary.json"):
         assert (run / f).exists(), f
     ev = json.loads((run / "sae" / "training.json").read_text())["evaluation"]
     assert ev["l0"] > 0 and ev["explained_variance"] <= 1 and ev["fidelity_zero"] == ev["fidelity_zero"]

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from frobnolab.analysis.score_stats import BinnedStats, DetectionStats, RidgeStats
+
+
+def direct_eta_cv(f, bins, fold, n_bins):
+    """Cross-validated correlation ratio by brute force: bin means on one fold, R^2 on the other, averaged."""
+    out = []
+    for a, b in ((0, 1), (1, 0)):
+        fa, ba, fb, bb = f[fold == a], bins[fold == a], f[fold == b], bins[fold == b]
+        means = np.array([fa[ba == k].mean() if (ba == k).any() else fa.mean() for k in range(n_bins)])
+        pred = means[bb]
+        out.append(1 - ((fb - pred) ** 2).sum() / ((fb - fb.mean()) ** 2).sum())
+    return np.mean(out)
+
+
+def test_streamed_eta_matches_brute_force_and_can_be_high_or_null():
+    rng = np.random.default_rng(0)
+    n, B = 3000, 8
+    bins = rng.integers(B, size=(2, n))
+    fold = rng.integers(2, size=n)
+    signal = np.maximum(bins[0] - 3, 0).astype(float) * (rng.random(n) < 0.7)  # a function of variable 0
+    noise = rng.exponential(size=n) * (rng.random(n) < 0.3)  # of nothing
+    f = np.stack([signal, noise], 1)
+    st = BinnedStats(2, B, 2)
+    for s in range(0, n, 1000):  # streamed in chunks, sparse
+        st.add(sp.csr_matrix(f[s:s + 1000]), bins[:, s:s + 1000], fold[s:s + 1000])
+    r2 = st.r2_cv()
+    for v in range(2):
+        for j in range(2):
+            assert r2[v, j] == pytest.approx(direct_eta_cv(f[:, j], bins[v], fold, B), abs=1e-9)
+    assert r2[0, 0] > 0.4 and abs(r2[0, 1]) < 0.02 and abs(r2[1, 0]) < 0.02
+
+
+def test_detection_auroc_matches_rank_statistic():
+    rng = np.random.default_rng(1)
+    n = 4000
+    label = rng.random(n) < 0.3
+    f = np.where(label, rng.exponential(2.0, n), rng.exponential(0.5, n) * (rng.random(n) < 0.5))
+    det = DetectionStats(1, 1, np.array([f.max()]), n_bins=256)
+    det.add(sp.csr_matrix(f[:, None]), label[None].astype(int))
+    auroc, f1 = det.finish()
+    pos, neg = f[label], f[~label]
+    exact = ((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
+    assert auroc[0, 0] == pytest.approx(exact, abs=0.01)
+    assert 0.5 < f1[0, 0] <= 1
+
+
+def test_ridge_r2_finds_smooth_functions_and_not_noise():
+    rng = np.random.default_rng(2)
+    n = 6000
+    g = rng.normal(size=(n, 5))
+    fold = rng.integers(2, size=n)
+    f = np.stack([np.maximum(np.sin(g[:, 0]) + 0.5 * g[:, 1], 0), rng.exponential(size=n)], 1)
+    rs = RidgeStats(g.mean(0), g.std(0), 2, dim=256, bandwidth=0.5)
+    rs.add(f, g, fold)
+    r2, _ = rs.r2_cv()
+    assert r2[0] > 0.7 and abs(r2[1]) < 0.05
+
+
+@pytest.fixture(scope="module")
+def clutter(tmp_path_factory):
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+    return render_dataset(RenderConfig("clutter", n=160, size=64, seed=0), tmp_path_factory.mktemp("c") / "clutter",
+                          progress=False)
+
+
+def test_scorer_recovers_planted_truth(clutter, tmp_path):
+    from frobnolab.analysis.planted import validate_scorer
+
+    r = validate_scorer(clutter, tmp_path / "v", progress=False)
+    assert r["attribution_rate"] >= 0.95, [(u["name"], u["named"], u["pair"]) for u in r["units"] if u["ok"] is False]
+    assert r["nameless_rank"] == 1
+    assert r["noise_at_null"]
+    nameless = next(u for u in r["units"] if u["kind"] == "nameless")
+    assert nameless["pair_r2"] < 0.1 and nameless["scene_r2"] > 0.3  # unnamed, yet a function of the scene
+    assert r["passed"] and (tmp_path / "v" / "validation.json").exists()
+
+
+def test_held_out_concept_widens_the_gap_and_is_reported(clutter, tmp_path):
+    from frobnolab.analysis.planted import validate_scorer
+    from frobnolab.analysis.score import ScoreConfig
+
+    base = validate_scorer(clutter, tmp_path / "a", progress=False, cfg=ScoreConfig(n_null=32, bootstrap=0))
+    held = validate_scorer(clutter, tmp_path / "b", progress=False,
+                           cfg=ScoreConfig(n_null=32, bootstrap=0, holdout_concepts=("shadow",)))
+    unit = lambda r: next(u for u in r["units"] if u["name"] == "shadow")  # noqa: E731
+    assert unit(base)["named"] == "shadow" and unit(held)["named"] != "shadow"
+    assert unit(held)["named_r2"] < unit(base)["named_r2"] - 0.1
+
+
+def test_sae_pipeline_matches_sae_lens_on_synthetic_data(tmp_path):
+    from frobnolab.analysis.synthetic import synthetic_check
+
+    r = synthetic_check(tmp_path, tokens=150_000)
+    assert r["mcc_sae_lens_train_toy_sae"] > 0.7
+    assert r["mcc_frobnolab"] >= r["mcc_sae_lens_train_toy_sae"] - 0.05
+
+
+def test_score_cli_writes_table_summary_and_report(tmp_path, capsys):
+    from frobnolab.analysis.score import read_table
+    from frobnolab.cli import main
+
+    run = tmp_path / "run"
+    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1"]) == 0
+    assert main(["score", str(run / "store"), str(run / "sae"), "--out", str(tmp_path / "s"), "--quiet",
+                 "--bootstrap", "5", "--nulls", "8", "--holdout", "depth"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out depth" in out
+    t = read_table(tmp_path / "s" / "features.parquet")
+    assert len(t["feature"]) == 32
+    for col in ("named_r2", "pair_r2", "scene_r2", "auroc", "causal", "frob", "gap", "heldout_r2:depth"):
+        assert col in t
+    s = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert set(s["nulls95"]) >= {"named_r2", "scene_r2", "causal", "gap"}
+    assert "depth" in s["heldout_recovery"] and "mcc" in s["dictionary"]
+    assert (tmp_path / "s" / "report.md").read_text().startswith("# Feature scores")
+    assert main(["score", str(run / "store"), str(run / "sae"), "--out", str(tmp_path / "x"), "--quiet",
+                 "--holdout", "nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
