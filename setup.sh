@@ -17,6 +17,15 @@ if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libosmesa6 libgl1 >/dev/null
 fi
 
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
+  # the gallery's browser tests drive Debian's Chromium (Playwright is told where it is; it downloads nothing)
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "setup: installing chromium (apt, for the gallery tests)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch first, pinned, so that pip takes the CPU build on this machine instead of pulling a CUDA one.

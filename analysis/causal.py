@@ -72,23 +72,50 @@ class CausalProbe:
             return ((out - self.target) ** 2).sum(1).reshape(n, -1)
         return ((out - self.target) ** 2).sum(-1).reshape(n, -1)
 
-    def _spliced(self, change=None):
-        """Edit: the SAE's reconstruction, with ``change(f, tokens_shape) -> delta in activation space``."""
-        sae = self.sae
+    def _encode_once(self):
+        """The hook's clean activations encoded once: sparse features (CSC, for fast columns) and the SAE's
+        reconstruction; every later splice reuses them (the probe's inputs never change)."""
+        if getattr(self, "_codes", None) is not None:
+            return self._codes
+        import scipy.sparse as sp
+
+        with torch.no_grad(), capture(self.model.hook_root, [self.path]) as acts:
+            self._run(None)
+        t = acts[self.path]
+        self._shape = t.shape
+        flat = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) if t.ndim == 4 else t
+        cols, recs = [], []
+        with torch.no_grad():
+            for s in range(0, len(flat), 8192):
+                f = self.sae.encode(flat[s:s + 8192])
+                recs.append(self.sae.decode(f))
+                c = f.cpu().to_sparse_csr()
+                cols.append(sp.csr_matrix((c.values().numpy(), c.col_indices().numpy(), c.crow_indices().numpy()),
+                                          shape=tuple(f.shape)))
+        self._codes = (sp.vstack(cols).tocsc(), torch.cat(recs))
+        return self._codes
+
+    def _spliced(self, delta=None):
+        """Edit: the SAE's reconstruction minus ``delta`` (tokens x d_in), in the hook's layout."""
+        _, rec = self._encode_once()
+        shape = self._shape
 
         def edit(t):
-            four = t.ndim == 4
-            flat = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) if four else t
-            f = sae.encode(flat)
-            rec = sae.decode(f)
-            if change is not None:
-                rec = rec - change(f)
-            if four:
-                b, c, h, w = t.shape
-                return rec.reshape(b, h, w, c).permute(0, 3, 1, 2)
-            return rec
+            out = rec if delta is None else rec - delta
+            if len(shape) == 4:
+                b, c, h, w = shape
+                return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            return out
 
         return edit
+
+    def contribution(self, j: int) -> torch.Tensor:
+        """What one unit of feature j adds to the reconstruction, ``(d_in,)`` (SAE decoders are affine)."""
+        with torch.no_grad():
+            e = torch.zeros(1, self.sae.cfg.d_sae, device=self.device)
+            zero = self.sae.decode(e)
+            e[0, j] = 1.0
+            return (self.sae.decode(e) - zero)[0]
 
     # ------------------------------------------------------------------------------------------------ estimates
 
@@ -96,31 +123,35 @@ class CausalProbe:
     def baseline(self) -> dict:
         """Per-image losses of the clean model, the SAE-spliced model and the zero-ablated layer."""
         clean = self._per_pixel_error(self._run(None)).mean(1)
-        sae = self._per_pixel_error(self._run(self._spliced())).mean(1)
-        zero = self._per_pixel_error(self._run(torch.zeros_like)).mean(1)
         self._sae_err = self._per_pixel_error(self._run(self._spliced()))
-        return {"clean": clean.cpu().numpy(), "sae": sae.cpu().numpy(), "zero": zero.cpu().numpy()}
+        zero = self._per_pixel_error(self._run(torch.zeros_like)).mean(1)
+        return {"clean": clean.cpu().numpy(), "sae": self._sae_err.mean(1).cpu().numpy(),
+                "zero": zero.cpu().numpy()}
 
     def decoder_norms(self) -> np.ndarray:
-        """||W_dec_j|| per feature, ``(F,)``."""
-        return self.sae.W_dec.detach().norm(dim=1).cpu().numpy()
+        """Norm of each feature's contribution per unit activation, ``(F,)``."""
+        W = self.sae.W_dec.detach()
+        norms = W.norm(dim=1)
+        if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
+            norms = torch.ones_like(norms)  # decode divides activations by the decoder norm
+        return norms.cpu().numpy()
 
     @torch.no_grad()
     def ablate(self, features, direction: dict | None = None):
         """Exact ablations: per-image losses ``(k, n_images)`` and per-pixel error changes ``(k, n_images, P)``.
 
-        direction: {feature: unit vector (d_in,)} replaces the feature's decoder direction (null features).
+        direction: {feature: unit vector (d_in,)} replaces the feature's contribution direction (null features;
+        same norm, same activation pattern).
         """
-        W = self.sae.W_dec  # (F, d_in)
+        codes, _ = self._encode_once()
         losses, changes = [], []
         base = self._sae_err
         for j in features:
-            vec = W[j] if direction is None else direction[j] * W[j].norm()
-
-            def change(f, j=j, vec=vec):
-                return f[:, j:j + 1] * vec[None]
-
-            err = self._per_pixel_error(self._run(self._spliced(change)))
+            col = torch.as_tensor(codes[:, j].toarray()[:, 0], dtype=torch.float32, device=self.device)
+            vec = self.contribution(j)
+            if direction is not None:
+                vec = direction[j] * vec.norm()
+            err = self._per_pixel_error(self._run(self._spliced(col[:, None] * vec[None])))
             losses.append(err.mean(1).cpu().numpy())
             changes.append((err - base).cpu().numpy())
         return np.array(losses), np.array(changes)

@@ -63,8 +63,10 @@ def _fit(gx: np.ndarray, fy: sp.csr_matrix, steps: int, hidden: int, seed: int, 
     mu_y, sd_y = fd.mean(0), np.maximum(fd.std(0), 1e-6)
     X = torch.from_numpy(qn(gx)).to(device)
     Y = torch.from_numpy((fd - mu_y) / sd_y).to(device)
+    # A 64-wide last hidden layer: every feature is a nonlinear function of the scene through it, and the output
+    # layer (the cost with thousands of features) is 4x cheaper than from the full width.
     net = nn.Sequential(nn.Linear(X.shape[1], hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                        nn.Linear(hidden, Y.shape[1])).to(device)
+                        nn.Linear(hidden, 64), nn.GELU(), nn.Linear(64, Y.shape[1])).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=steps)
     g = torch.Generator().manual_seed(seed)

@@ -54,6 +54,8 @@ class ScoreConfig:
     """Held-out tokens scored (0: all)."""
     chunk_tokens: int = 8192
     """Tokens per streamed chunk."""
+    cache_nnz: int = 60_000_000
+    """Nonzero feature activations kept in memory between the two passes (beyond it, pass 2 re-reads the store)."""
     n_null: int = 32
     """Random-direction null features."""
     ridge_dim: int = 384
@@ -126,10 +128,11 @@ class Source:
                 yield a, g, w
 
     def features(self, acts: np.ndarray) -> sp.csr_matrix:
-        f = np.asarray(self.encode_fn(acts), dtype=np.float32)
+        f = torch.as_tensor(np.asarray(self.encode_fn(acts), dtype=np.float32))
         if self.U is not None:
-            f = np.concatenate([f, np.maximum(acts @ self.U - self.tau, 0)], 1)
-        return sp.csr_matrix(f)
+            f = torch.cat([f, torch.as_tensor(np.maximum(acts @ self.U - self.tau, 0), dtype=torch.float32)], 1)
+        c = f.to_sparse_csr()  # (much faster than scipy's dense -> csr on wide feature maps)
+        return sp.csr_matrix((c.values().numpy(), c.col_indices().numpy(), c.crow_indices().numpy()), shape=f.shape)
 
     def chunks(self):
         for a, g, w in self.raw_chunks():
@@ -208,7 +211,9 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     top_k = 32
     sample_fold = FoldSample(cfg.scene_tokens)
     top_val = np.full((F, top_k), -np.inf)
-    top_where = np.zeros((F, top_k, 3), np.int64)
+    top_where = np.full((F, top_k, 3), -1, np.int64)
+    cache: list | None = []  # pass 1's sparse features, folds and coarse bins, for pass 2 (if they fit)
+    cached_nnz = 0
 
     t0 = time.time()
     bar = tqdm(desc="score: pass 1", unit="tok", disable=not progress)
@@ -216,6 +221,12 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         fold = fold_of[w[:, 0]]
         bins = np.stack([v.bins(g) for v in variables])
         singles.add(f, bins, fold)
+        if cache is not None:
+            cached_nnz += f.nnz
+            if cached_nnz > cfg.cache_nnz:
+                cache = None  # too many nonzeros to keep: pass 2 reads and encodes the store again
+            else:
+                cache.append((f, fold, np.stack([v.bins(g, coarse=True) for v in variables]).astype(np.int16)))
         detect.add(f, np.stack([t[1](g) for _, t in targets]) if targets else np.zeros((0, len(g))))
         ridge.add(f, g, fold)
         sample_fold.add(f, g, fold, w[:, 0])
@@ -231,16 +242,20 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         for im in np.unique(w[:, 0]):
             rows = w[:, 0] == im
             img_sum[int(im)] = img_sum.get(int(im), 0) + np.asarray(f[rows].sum(0)).ravel()
-        # running top activations per feature
-        dense = f.toarray()
-        kk = min(top_k, len(dense))
-        idx = np.argpartition(-dense, kk - 1, axis=0)[:kk].T  # (F, kk)
-        vals = np.take_along_axis(dense.T, idx, 1)
-        cand_v = np.concatenate([top_val, vals], 1)
-        cand_w = np.concatenate([top_where, w[idx][..., :3]], 1)
-        order = np.argsort(-cand_v, 1)[:, :top_k]
-        top_val = np.take_along_axis(cand_v, order, 1)
-        top_where = np.take_along_axis(cand_w, order[..., None], 1)
+        # running top activations per feature, from the nonzeros only
+        coo = f.tocoo()
+        cand_j = np.concatenate([np.repeat(np.arange(F), top_k), coo.col])
+        cand_v = np.concatenate([top_val.ravel(), coo.data])
+        cand_w = np.concatenate([top_where.reshape(-1, 3), w[coo.row][:, :3]])
+        order = np.lexsort((-cand_v, cand_j))
+        cand_j, cand_v, cand_w = cand_j[order], cand_v[order], cand_w[order]
+        start = np.searchsorted(cand_j, np.arange(F))
+        rank = np.arange(len(cand_j)) - start[cand_j]
+        keep = rank < top_k
+        top_val = np.full((F, top_k), -np.inf)
+        top_where = np.full((F, top_k, 3), -1, np.int64)
+        top_val[cand_j[keep], rank[keep]] = cand_v[keep]
+        top_where[cand_j[keep], rank[keep]] = cand_w[keep]
         bar.update(len(g))
     bar.close()
     log(f"pass 1: {n_tok} tokens in {time.time() - t0:.1f} s")
@@ -282,24 +297,28 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         ps1 = np.zeros((2, F, S, C * C))
         ps2 = np.zeros((2, F, S, C * C))
         bar = tqdm(desc="score: pass 2 (pairs)", unit="tok", disable=not progress)
-        for f, a, g, w in src.chunks():
-            fold = fold_of[w[:, 0]]
-            cb = np.stack([v.bins(g, coarse=True) for v in variables])  # (V, N)
+        def pass2_chunks():
+            if cache is not None:
+                yield from cache
+                return
+            for f, a, g, w in src.chunks():
+                yield f, fold_of[w[:, 0]], np.stack([v.bins(g, coarse=True) for v in variables])
+
+        for f, fold, cb in pass2_chunks():
             for u, pid in enumerate(pair_ids):
                 jb = cb[pid // V] * C + cb[pid % V]
                 cnt[:, u] += np.bincount(fold * C * C + jb, minlength=2 * C * C).reshape(2, C * C)
             coo = f.tocoo()
             i, j, val = coo.row, coo.col, coo.data
+            fi = fold[i] * F + j
             for s_ in range(S):
                 pid = pair_ids[inv[j, s_]]
-                jb = cb[pid // V, i] * C + cb[pid % V, i]
-                idx = ((fold[i] * F + j) * S + s_) * C * C + jb
-                ps1[..., s_, :] += np.bincount(idx, weights=val, minlength=2 * F * S * C * C).reshape(
-                    2, F, S, C * C)[..., s_, :]
-                ps2[..., s_, :] += np.bincount(idx, weights=val * val, minlength=2 * F * S * C * C).reshape(
-                    2, F, S, C * C)[..., s_, :]
-            bar.update(len(g))
+                idx = fi * (C * C) + cb[pid // V, i] * C + cb[pid % V, i]
+                ps1[:, :, s_] += np.bincount(idx, weights=val, minlength=2 * F * C * C).reshape(2, F, C * C)
+                ps2[:, :, s_] += np.bincount(idx, weights=val * val, minlength=2 * F * C * C).reshape(2, F, C * C)
+            bar.update(f.shape[0])
         bar.close()
+        cache = None
         pr2 = _pair_r2(cnt[:, inv], ps1, ps2)  # (F, S)
         pr2 = np.where(np.isnan(pr2), -np.inf, pr2)
         best_slot = pr2.argmax(1)

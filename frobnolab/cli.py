@@ -171,6 +171,14 @@ def _cmd_validate_scorer(args) -> int:
     return 0 if r["passed"] else 1
 
 
+def _cmd_gallery(args) -> int:
+    from frobnolab.analysis.gallery import build_gallery
+
+    out = build_gallery(args.run_dir, args.out, n_pages=args.pages, progress=not args.quiet)
+    print(f"gallery: {out / 'index.html'}")
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     """The main job, end to end on an embedded default."""
     import os
@@ -321,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n", type=int, default=160, help="images to render when no dataset is given")
     common(t, device=False)
     t.set_defaults(run=_cmd_validate_scorer)
+
+    t = sub.add_parser("gallery", help="write a scored run's feature gallery as a static HTML site",
+                       formatter_class=fmt)
+    t.add_argument("run_dir", metavar="RUN", help="run folder (with scores/) or a scores folder")
+    t.add_argument("--out", required=True, help="folder for index.html and the feature pages")
+    t.add_argument("--pages", type=int, default=24, help="features that get a page of pictures")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_cmd_gallery)
 
     k = sub.add_parser("hooks", help="list a model's documented hook points", formatter_class=fmt)
     k.add_argument("model", help="saved model folder or pretrained name (as for extract --model)")

@@ -43,3 +43,13 @@ def taesd_dir():
     path = Path(os.environ.get("FROBNOLAB_TAESD_DIR", Path(__file__).resolve().parents[2] / "shared/weights/taesd"))
     assert (path / "taesd_encoder.safetensors").is_file(), f"TAESD weights not found at {path}"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The main job on its tiny preset (render, autoencoder, store, SAE, scores), once per session."""
+    from frobnolab.analysis.pipeline import QUICKSTART_PRESETS, run_quickstart
+
+    run = tmp_path_factory.mktemp("run") / "tiny"
+    run_quickstart(QUICKSTART_PRESETS["tiny"], run, workers=1, progress=False, log=lambda *_: None)
+    return run

@@ -1,0 +1,299 @@
+"""The feature gallery: the content of a scored run as pictures, for the notebook (``analysis/gallery.ipynb``) and
+as a self-contained static HTML site (``frobnolab gallery RUN --out DIR``: no server, nothing fetched).
+
+For each shown feature: top-activating crops with the activation heatmap over them and the matching ground-truth
+concept maps beside them; the activation histogram; the concept-match bars (cross-validated eta^2 per concept)
+with the random-direction null; the causal ablation (model output before / after ablating the feature / the change
+of the error against the optimal output); for coordinate fields, a slice through the 3D activation field next to
+the same slice of the scene's signed distance.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from frobnolab.scenes.dataset import Dataset
+
+from .score import read_table
+from .store import ActivationStore
+
+TABLE_COLUMNS = ("feature", "freq", "named_concept", "named_r2", "pair", "pair_r2", "scene_r2", "auroc", "causal",
+                 "causal_est", "gap", "frob", "candidate", "lands_on")
+
+
+@dataclass
+class Run:
+    """A scored run: the scores folder, its store, SAE, model and dataset."""
+
+    scores: Path
+    table: dict
+    summary: dict
+
+    @property
+    def store(self) -> ActivationStore:
+        return ActivationStore(self.summary["store"])
+
+    @property
+    def hook(self) -> str:
+        return self.summary["hook"]
+
+    def sae(self):
+        from .sae import load_sae
+
+        return load_sae(self.summary["sae"])
+
+    def model(self):
+        from frobnolab.models.io import load_model
+
+        return load_model(self.store.manifest["model"])
+
+    @property
+    def dataset(self) -> Dataset:
+        return Dataset(self.store.manifest["dataset"])
+
+
+def load_run(path: str | Path, which: str = "scores") -> Run:
+    """A run folder (``runs/NAME`` with ``scores/``) or a scores folder itself."""
+    path = Path(path)
+    scores = path if (path / "features.parquet").exists() else path / which
+    if not (scores / "features.parquet").exists():
+        raise FileNotFoundError(f"{path}: no scored run here (no features.parquet in {scores})")
+    return Run(scores, read_table(scores / "features.parquet"), json.loads((scores / "summary.json").read_text()))
+
+
+def shown_features(run: Run, n: int = 24) -> list[int]:
+    """The features worth a page: top frobnoloids, the best feature of each concept, the most frequent."""
+    t = run.table
+    freq, frob = np.asarray(t["freq"], float), np.asarray(t["frob"], float)
+    picks = [int(j) for j in np.argsort(-frob)[: n // 3] if frob[j] > 0]
+    picks += [v["feature"] for v in run.summary["dictionary"]["coverage"].values() if v["r2"] > 0]
+    picks += [int(j) for j in np.argsort(-freq)[: n // 3] if freq[j] > 0]
+    return list(dict.fromkeys(picks))[:n]
+
+
+def _save(fig, path: Path):
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def histogram_figure(run: Run, feature: int, path: Path, max_tokens: int = 50_000) -> Path:
+    from .sae_eval import held_out_acts
+
+    plt = _mpl()
+    acts = held_out_acts(run.store, run.hook, max_tokens=max_tokens)
+    with torch.no_grad():
+        f = run.sae().encode(torch.from_numpy(acts))[:, feature].numpy()
+    fig, ax = plt.subplots(figsize=(4, 2.6), constrained_layout=True)
+    nz = f[f > 0]
+    ax.hist(nz if len(nz) else [0], bins=40, color="#4c72b0")
+    ax.set_yscale("log")
+    ax.set_title(f"activation when firing ({len(nz) / max(len(f), 1):.1%} of held-out tokens)", fontsize=8)
+    ax.set_xlabel("activation", fontsize=8)
+    return _save(fig, path)
+
+
+def concept_bars_figure(run: Run, feature: int, path: Path) -> Path:
+    plt = _mpl()
+    single = run.summary["single_r2"]
+    names = sorted(single, key=lambda k: -np.nan_to_num(single[k][feature], nan=-1))[:12]
+    vals = [np.nan_to_num(single[k][feature], nan=0) for k in names]
+    fig, ax = plt.subplots(figsize=(4, 3), constrained_layout=True)
+    ax.barh(names[::-1], vals[::-1], color="#55a868")
+    null = run.summary["nulls95"]["named_r2"]
+    ax.axvline(null, color="k", ls="--", lw=1, label=f"null 95% ({null:.2f})")
+    scene = run.table["scene_r2"][feature]
+    ax.axvline(scene, color="#c44e52", lw=1.5, label=f"scene R2 ({scene:.2f})")
+    ax.set_xlim(min(0, min(vals)), 1)
+    ax.set_title("concept match (cross-validated eta^2)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def ablation_figure(run: Run, feature: int, path: Path) -> Path | None:
+    """Model output with the SAE spliced in, with the feature ablated, and the change of the error."""
+    from .causal import CausalProbe
+
+    if run.store.manifest["kind"] != "image":
+        return None
+    plt = _mpl()
+    sae = run.sae()
+    probe = CausalProbe(run.model(), sae, run.store, run.hook, n_images=1)
+    with torch.no_grad():
+        before = probe._run(probe._spliced())
+        codes, _ = probe._encode_once()
+        col = torch.as_tensor(codes[:, feature].toarray()[:, 0], dtype=torch.float32)
+        after = probe._run(probe._spliced(col[:, None] * probe.contribution(feature)[None]))
+    x = probe.x[0].permute(1, 2, 0).numpy()
+    b, a = before[0].permute(1, 2, 0).clamp(0, 1).numpy(), after[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    diff = ((a - x) ** 2).sum(-1) - ((b - x) ** 2).sum(-1)
+    fig, axes = plt.subplots(1, 4, figsize=(8, 2.3), constrained_layout=True)
+    lim = max(float(np.abs(diff).max()), 1e-6)
+    for ax, img, title in zip(axes, (x, b, a), ("optimal (input)", "with SAE", f"feature {feature} ablated")):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    im = axes[3].imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[3].set_title("change of squared error", fontsize=8)
+    axes[3].axis("off")
+    fig.colorbar(im, ax=axes[3], fraction=0.046)
+    return _save(fig, path)
+
+
+def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Path | None:
+    """For coordinate fields: the feature over a horizontal slice through the scene, beside the SDF there."""
+    from frobnolab.models.hooks import capture
+    from frobnolab.scenes.queries import SceneQuery
+
+    if run.store.manifest["kind"] != "field":
+        return None
+    plt = _mpl()
+    model, sae = run.model(), run.sae()
+    lo, hi = np.array(model.config.aabb[0]), np.array(model.config.aabb[1])
+    y = 0.25
+    xs, zs = np.linspace(lo[0], hi[0], res), np.linspace(lo[2], hi[2], res)
+    X, Z = np.meshgrid(xs, zs)
+    pts = np.stack([X.ravel(), np.full(X.size, y), Z.ravel()], 1)
+    path_mod = run.store[run.hook].meta["path"]
+    with torch.no_grad(), capture(model.hook_root, [path_mod]) as acts:
+        p = torch.as_tensor(pts, dtype=torch.float32)
+        model(p, torch.nn.functional.normalize(torch.ones_like(p), dim=-1))
+        f = sae.encode(acts[path_mod])[:, feature].numpy().reshape(res, res)
+    sdf = SceneQuery(run.dataset.scene(0)).sdf(pts).reshape(res, res)
+    fig, axes = plt.subplots(1, 2, figsize=(6, 2.8), constrained_layout=True)
+    ext = (lo[0], hi[0], hi[2], lo[2])
+    axes[0].imshow(f, extent=ext, cmap="inferno")
+    axes[0].set_title(f"feature {feature} at y = {y}", fontsize=8)
+    axes[1].imshow(sdf, extent=ext, cmap="RdBu", vmin=-0.5, vmax=0.5)
+    axes[1].contour(X, Z, sdf, levels=[0], colors="k", linewidths=0.8)
+    axes[1].set_title("signed distance (same slice)", fontsize=8)
+    return _save(fig, path)
+
+
+def feature_figures(run: Run, feature: int, folder: Path, maps=None) -> dict[str, Path]:
+    """Every picture of one feature, as PNG files in ``folder``: {kind: path}."""
+    from .report import feature_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    if run.store.manifest["kind"] == "image":
+        out["crops"] = feature_figure(run.store, run.hook, run.sae(), feature, run.table["top_where"][feature],
+                                      str(run.table["named_concept"][feature]), folder / f"f{feature}_crops.png", maps)
+    out["histogram"] = histogram_figure(run, feature, folder / f"f{feature}_hist.png")
+    out["concepts"] = concept_bars_figure(run, feature, folder / f"f{feature}_concepts.png")
+    for kind, fn in (("ablation", ablation_figure), ("slice", field_slice_figure)):
+        p = fn(run, feature, folder / f"f{feature}_{kind}.png")
+        if p is not None:
+            out[kind] = p
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- static site
+
+_CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
+th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}th{cursor:pointer;background:#f4f4f4}
+td.s{text-align:left}tr.cand{background:#fff4e0}.controls{margin:1em 0}.controls label{margin-right:1.5em}
+img{max-width:100%;border:1px solid #eee;margin:4px}a{color:#1a5fb4}"""
+
+_JS = """const rows=JSON.parse(document.getElementById('data').textContent);
+let key='frob',desc=true;
+function esc(s){return String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]))}
+function fmt(v){return typeof v==='number'?(Number.isInteger(v)?v:v.toFixed(3)):esc(v)}
+function render(){const q=document.getElementById('concept').value.toLowerCase();
+const mf=parseFloat(document.getElementById('minfrob').value)||0;const oc=document.getElementById('cand').checked;
+const r=rows.filter(x=>(!q||String(x.named_concept).toLowerCase().includes(q)||String(x.pair).toLowerCase().includes(q))
+&&(x.frob>=mf)&&(!oc||x.candidate));
+r.sort((a,b)=>{const u=a[key],v=b[key];const c=(u>v)-(u<v);return desc?-c:c});
+const cols=COLS;const tb=document.querySelector('#features tbody');
+tb.innerHTML=r.map(x=>'<tr class="'+(x.candidate?'cand':'')+'">'+cols.map(c=>{
+const v=c==='feature'&&x.page?'<a href="'+esc(x.page)+'">'+x.feature+'</a>':fmt(x[c]);
+return '<td class="'+(typeof x[c]==='string'?'s':'')+'">'+v+'</td>'}).join('')+'</tr>').join('');
+document.getElementById('count').textContent=r.length+' of '+rows.length+' features'}
+document.querySelectorAll('#features th').forEach(th=>th.onclick=()=>{const k=th.dataset.k;
+desc=(key===k)?!desc:true;key=k;render()});
+['concept','minfrob','cand'].forEach(i=>document.getElementById(i).oninput=render);render();"""
+
+
+def _clean(v):
+    if isinstance(v, (float, np.floating)):
+        return None if not np.isfinite(v) else round(float(v), 4)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return v
+
+
+def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, progress: bool = True) -> Path:
+    """Write the static gallery of a scored run into ``out`` (index.html + one page per shown feature)."""
+    from tqdm.auto import tqdm
+
+    from .report import feature_maps
+
+    run = load_run(run_path)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "img").mkdir(parents=True)
+    shown = shown_features(run, n_pages)
+    maps = None
+    if run.store.manifest["kind"] == "image":
+        ims = sorted({int(x[0]) for j in shown for x in run.table["top_where"][j] if x[0] >= 0})
+        maps = feature_maps(run.store, run.hook, run.sae(), ims)
+    pages = {}
+    title = html.escape(f"{run.summary['sae']} on {run.hook}")
+    for j in tqdm(shown, desc="gallery", disable=not progress):
+        figs = feature_figures(run, j, tmp / "img", maps)
+        t = {c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}
+        facts = "".join(f"<tr><th>{html.escape(k)}</th><td class='s'>{html.escape(str(v))}</td></tr>"
+                        for k, v in t.items())
+        imgs = "".join(f"<h3>{html.escape(k)}</h3><img alt='{html.escape(k)}' src='img/{p.name}'>"
+                       for k, p in figs.items())
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
+                f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
+                f"<p>{title}</p><table>{facts}</table>{imgs}</body></html>")
+        (tmp / f"feature_{j}.html").write_text(page)
+        pages[j] = f"feature_{j}.html"
+    n = len(run.table["feature"])
+    rows = [{**{c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}, "page": pages.get(j, "")} for j in range(n)
+            if run.table["freq"][j] > 0 or j in pages]
+    data = json.dumps(rows).replace("</", "<\\/")  # no "</script>" can close the data block early
+    head = "".join(f"<th data-k='{c}'>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
+    d = run.summary["dictionary"]
+    index = (f"<!doctype html><html><head><meta charset='utf-8'><title>frobnolab gallery</title>"
+             f"<style>{_CSS}</style></head><body><h1>Feature gallery</h1><p>{title}: {run.summary['tokens']} "
+             f"held-out tokens, {run.summary['alive']} of {run.summary['features']} features alive, MCC "
+             f"{d['mcc']:.3f}. Rows in orange are frobnoloid candidates. Click a header to sort.</p>"
+             f"<div class='controls'><label>concept <input id='concept' placeholder='e.g. depth'></label>"
+             f"<label>min frobnoloid score <input id='minfrob' type='number' step='0.01' value='0'></label>"
+             f"<label><input id='cand' type='checkbox'> candidates only</label><span id='count'></span></div>"
+             f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>"
+             f"<script id='data' type='application/json'>{data}</script>"
+             f"<script>const COLS={json.dumps(list(TABLE_COLUMNS))};{_JS}</script></body></html>")
+    (tmp / "index.html").write_text(index)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,63 @@
+"""Scoring time: a 4096-feature SAE over up to 1M held-out tokens on this machine, and how the time grows with
+tokens and with features (the store is streamed, never held in memory).
+
+Builds its inputs once under --work: `shapes` renders, TAESD tokens of a stride-1 hook (4096 tokens per 64x64
+image) for held-out images, and TopK SAEs of several widths trained on training images.
+
+    .venv/bin/python benchmarks/score_scaling.py --taesd ../shared/weights/taesd --work /tmp/scorebench
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from frobnolab.analysis.sae import SAETrainConfig, train_sae
+from frobnolab.analysis.score import ScoreConfig, score_sae
+from frobnolab.analysis.store import ExtractConfig, extract
+from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--taesd", required=True)
+    ap.add_argument("--work", default="/tmp/scorebench")
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--hook", default="enc1")
+    ap.add_argument("--tokens", default="125000,250000,500000,1000000")
+    ap.add_argument("--widths", default="1024,2048,4096")
+    args = ap.parse_args()
+    w = Path(args.work)
+    t = time.time()
+    data = render_dataset(RenderConfig("shapes", n=args.images, size=64, seed=0), w / "render", progress=False)
+    model = f"taesd:{Path(args.taesd).resolve()}"
+    test = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="test"), w / "test",
+                   progress=False)
+    train = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="train",
+                                  tokens_per_image=128), w / "train", progress=False)
+    saes = {}
+    for width in map(int, args.widths.split(",")):
+        saes[width] = w / f"sae{width}"
+        train_sae(train, saes[width], SAETrainConfig(hook=args.hook, width=width, k=32, training_tokens=200_000,
+                                                    checkpoints=0), progress=False, evaluate=False)
+    print(f"setup {time.time() - t:.0f} s")
+    rows = []
+    widest = max(saes)
+    for n in map(int, args.tokens.split(",")):
+        t = time.time()
+        s = score_sae(test, saes[widest], w / f"scores_{widest}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
+                      progress=False, log=lambda *_: None)
+        rows.append({"features": widest, "tokens": s["tokens"], "seconds": round(time.time() - t, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    n = min(map(int, args.tokens.split(",")))
+    for width in sorted(saes)[:-1]:
+        t = time.time()
+        s = score_sae(test, saes[width], w / f"scores_{width}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
+                      progress=False, log=lambda *_: None)
+        rows.append({"features": width, "tokens": s["tokens"], "seconds": round(time.time() - t, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    (w / "score_scaling.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
