@@ -16,6 +16,8 @@ methods.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -89,7 +91,9 @@ class CausalProbe:
             for s in range(0, len(flat), 8192):
                 f = self.sae.encode(flat[s:s + 8192])
                 recs.append(self.sae.decode(f))
-                c = f.cpu().to_sparse_csr()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # torch's "beta" notice for sparse CSR
+                    c = f.cpu().to_sparse_csr()
                 cols.append(sp.csr_matrix((c.values().numpy(), c.col_indices().numpy(), c.crow_indices().numpy()),
                                           shape=tuple(f.shape)))
         self._codes = (sp.vstack(cols).tocsc(), torch.cat(recs))

@@ -5,6 +5,7 @@
     runs/NAME/store/     activation store of its hook point
     runs/NAME/sae/       SAE (sae-lens format in sae/sae)
     runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score)
+    runs/NAME/gallery/   the static feature gallery (index.html)
     runs/NAME/taesd-*/   the same for TAESD, when its weights are given
 """
 
@@ -46,6 +47,8 @@ class QuickstartConfig:
     """Tokens kept per image from TAESD (its maps are large)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Feature scoring."""
+    random_null: bool = True
+    """Also run the same recipe (store, SAE, scores) on a randomly initialised autoencoder: the null model."""
     seed: int = 0
     """Seed of every stage."""
 
@@ -77,6 +80,46 @@ def _score(store: Path, sae: Path, out: Path, cfg: ScoreConfig, progress: bool):
     return s
 
 
+def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: bool) -> dict:
+    """The same recipe on a randomly initialised autoencoder; writes ``scores/random_model_null.json``: the 95th
+    percentile of each score over the null model's features, and the share of the real features above it."""
+    import numpy as np
+    import torch
+
+    from frobnolab.models.conv_ae import ConvAutoencoder
+    from frobnolab.models.io import save_model
+
+    from .score import read_table
+
+    if not (out / "null-ae" / "model.json").exists():
+        torch.manual_seed(cfg.seed + 1)
+        save_model(ConvAutoencoder(cfg.ae.model), out / "null-ae", record={"note": "random initialisation (null)"})
+    extract(ExtractConfig(model=str((out / "null-ae").resolve()), dataset=str(data.resolve()), hooks=(cfg.hook,),
+                          seed=cfg.seed), out / "null-store", force=True, progress=progress)
+    train_sae(out / "null-store", out / "null-sae", cfg.sae, progress=progress)
+    _score(out / "null-store", out / "null-sae", out / "null-scores", cfg.score, progress)
+    real, null = read_table(out / "scores" / "features.parquet"), read_table(out / "null-scores" / "features.parquet")
+    res = {}
+    for k in ("named_best", "scene_r2", "auroc", "gap", "frob"):
+        r = np.asarray(real[k], float)[np.asarray(real["freq"]) > 0]
+        n = np.asarray(null[k], float)[np.asarray(null["freq"]) > 0]
+        n = n[np.isfinite(n)]
+        q = float(np.quantile(n, 0.95)) if len(n) else float("nan")
+        res[k] = {"null95": q, "share_of_real_features_above": float(np.mean(r > q)) if len(r) else float("nan")}
+    (out / "scores" / "random_model_null.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _gallery(scores: Path, out: Path, progress: bool):
+    """Build the gallery unless it is newer than the scores it shows."""
+    from .gallery import build_gallery
+
+    index = out / "index.html"
+    if index.exists() and index.stat().st_mtime >= (scores / "summary.json").stat().st_mtime:
+        return out
+    return build_gallery(scores, out, progress=progress)
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
@@ -106,6 +149,9 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
                                      progress=progress))
     stage("train-sae", lambda: train_sae(out / "store", out / "sae", cfg.sae, progress=progress))
     stage("score", lambda: _score(out / "store", out / "sae", out / "scores", cfg.score, progress))
+    if cfg.random_null:
+        stage("null-model", lambda: _random_model_null(out, data, cfg, progress))
+    stage("gallery", lambda: _gallery(out / "scores", out / "gallery", progress))
     if taesd:
         stage("extract-taesd", lambda: extract(ExtractConfig(
             model=f"taesd:{Path(taesd).resolve()}", dataset=str(data.resolve()), hooks=(cfg.taesd_hook,),
@@ -116,6 +162,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
                                                    progress=progress))
         stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
                                             progress))
+        stage("gallery-taesd", lambda: _gallery(out / "taesd-scores", out / "taesd-gallery", progress))
     tmp = out / f".stages.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps({"seconds": times, "config": asdict(cfg), "taesd": taesd}, indent=1, default=str))
     os.replace(tmp, out / "stages.json")

@@ -89,7 +89,12 @@ def _fit(gx: np.ndarray, fy: sp.csr_matrix, steps: int, hidden: int, seed: int, 
 
 def r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     """Per-column R^2 ``(F,)`` of predictions, optionally weighted by token weights."""
-    w = np.ones(len(y)) if w is None else w
+    if w is None:  # the common case, in float32 without weight temporaries
+        y, pred = np.asarray(y, np.float32), np.asarray(pred, np.float32)
+        sst = y.var(0) * len(y)
+        sse = ((y - pred) ** 2).sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.clip(np.where(sst > 1e-12, 1 - sse / np.where(sst > 1e-12, sst, 1), np.nan), -1, 1)
     sw = max(w.sum(), 1e-12)
     mean = (w[:, None] * y).sum(0) / sw
     sst = (w[:, None] * (y - mean) ** 2).sum(0)
@@ -108,5 +113,8 @@ def scene_r2_mlp(sample: FoldSample, steps: int = 1500, hidden: int = 256, seed:
         gb, fb, _ = sample.arrays(b)
         predictors[b] = _fit(ga, fa, steps, hidden, seed, device)
         out.append(r2(fb.toarray(), predictors[b](gb)))
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(np.stack(out), 0), predictors
+    stacked = np.stack(out)
+    both = np.isfinite(stacked).any(0)
+    mean = np.full(stacked.shape[1], np.nan)
+    mean[both] = np.nanmean(stacked[:, both], 0)
+    return mean, predictors

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,10 +129,13 @@ class Source:
                 yield a, g, w
 
     def features(self, acts: np.ndarray) -> sp.csr_matrix:
-        f = torch.as_tensor(np.asarray(self.encode_fn(acts), dtype=np.float32))
+        f = self.encode_fn(acts)
+        f = f.float() if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32))
         if self.U is not None:
             f = torch.cat([f, torch.as_tensor(np.maximum(acts @ self.U - self.tau, 0), dtype=torch.float32)], 1)
-        c = f.to_sparse_csr()  # (much faster than scipy's dense -> csr on wide feature maps)
+        with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"; conversion is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            c = f.to_sparse_csr()  # (much faster than scipy's dense -> csr on wide feature maps)
         return sp.csr_matrix((c.values().numpy(), c.col_indices().numpy(), c.crow_indices().numpy()), shape=f.shape)
 
     def chunks(self):
@@ -140,12 +144,14 @@ class Source:
 
 
 def sae_encoder(sae, device: str = "cpu", batch: int = 8192):
+    """acts (n, d_in) numpy -> features (n, F) torch float32 on the CPU."""
+
     def encode(acts):
         out = []
         with torch.no_grad():
             for s in range(0, len(acts), batch):
-                out.append(sae.encode(torch.from_numpy(acts[s:s + batch]).to(device)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, sae.cfg.d_sae), np.float32)
+                out.append(sae.encode(torch.from_numpy(np.ascontiguousarray(acts[s:s + batch])).to(device)).cpu())
+        return torch.cat(out) if out else torch.zeros((0, sae.cfg.d_sae))
 
     return encode
 
@@ -183,7 +189,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         raise ValueError("no tokens from held-out images to score (every 8th image is held out)")
     a_s, g_s = np.concatenate([x[0] for x in sample]), np.concatenate([x[1] for x in sample])
     variables = build_variables(concepts, columns, g_s, cfg.holdout_concepts)
-    f_s = np.asarray(encode(a_s), np.float64)
+    f_s = encode(a_s)
+    f_s = f_s.double().numpy() if torch.is_tensor(f_s) else np.asarray(f_s, np.float64)
     freq_s = (f_s > 0).mean(0)
     alive = np.flatnonzero(freq_s > 0)
     R = cfg.n_null
@@ -258,11 +265,15 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         top_where[cand_j[keep], rank[keep]] = cand_w[keep]
         bar.update(len(g))
     bar.close()
+    timings = {"pass1": round(time.time() - t0, 2)}
     log(f"pass 1: {n_tok} tokens in {time.time() - t0:.1f} s")
+    t1 = time.time()
 
     single_r2 = singles.r2_cv()  # (V, F)
     ridge_r2, ridge_lam = ridge.r2_cv()
     mlp_r2, predictors = scene_r2_mlp(sample_fold, cfg.scene_steps, seed=cfg.seed, device=cfg.device)
+    timings["scene_predictors"] = round(time.time() - t1, 2)
+    t1 = time.time()
     scene_r2 = ridge_r2 if mlp_r2 is None else np.fmax(ridge_r2, mlp_r2)
     auroc, f1 = detect.finish() if targets else (np.zeros((0, F)), np.zeros((0, F)))
     named_idx = np.array([k for k, v in enumerate(variables) if v.named])
@@ -326,6 +337,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         pair_best = pv[np.arange(F), best_slot]
 
     named_best = np.maximum(best_single_r2, pair_r2)
+    timings["pass2_pairs"] = round(time.time() - t1, 2)
+    t1 = time.time()
 
     # ---- causal effects: exact ablations for the features with the most perturbation energy
     # (sum over tokens of |f_j W_dec_j|^2), a calibrated energy estimate for the rest, then exact ablations for the
@@ -392,6 +405,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         effect = np.where(np.isnan(causal), causal_est, causal)
         importance = np.nan_to_num(np.clip(effect / imp_ref, 0, 1) if imp_ref else np.isfinite(effect) * 1.0)
         frob = gap * importance * real
+    timings["causal"] = round(time.time() - t1, 2)
+    t1 = time.time()
     candidate = real & (gap > max(cfg.candidate_gap, nulls["gap"])) & (
         (effect > nulls["causal"]) if imp_ref else True)
 
@@ -437,6 +452,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         lo, hi = _bootstrap(sample_fold, predictors, top, variables, pair_best, per_image_delta, nulls, imp_ref,
                             effect, ridge_r2, cfg, rng)
         table["frob_lo"][top], table["frob_hi"][top] = lo, hi
+    timings["bootstrap"] = round(time.time() - t1, 2)
     table["top_where"] = top_where[real_f]
     table["top_val"] = top_val[real_f]
     corr = _corr(fg_sum[real_f], s1[real_f], f_sq[real_f], g_sum, g_sq, n_tok)
@@ -444,7 +460,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "tokens": int(n_tok), "features": int(n_features), "alive": int((nnz[real_f] > 0).sum()),
         "variables": [{"name": v.name, "kind": v.kind, "named": v.named} for v in variables],
         "nulls95": nulls, "n_null": R, "ridge_lambda": ridge_lam, "config": asdict(cfg),
-        "seconds": round(time.time() - t0, 2),
+        "seconds": round(time.time() - t0, 2), "timings": timings,
         "candidates": int(table["candidate"].sum()), "heldout_recovery": recovery,
         "single_r2": {variables[k].name: single_r2[k, real_f].tolist() for k in range(V)},
         "_corr": corr, "_img_sum": img_sum, "_columns": columns,

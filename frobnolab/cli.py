@@ -195,6 +195,8 @@ def _cmd_quickstart(args) -> int:
     print(f"  autoencoder:             {run / 'ae' / 'training.json'}")
     print(f"  SAE (sae-lens format):   {run / 'sae' / 'sae'}   metrics: {run / 'sae' / 'training.json'}")
     print(f"  feature scores:          {run / 'scores' / 'report.md'}   table: {run / 'scores' / 'features.parquet'}")
+    print(f"  feature gallery:         {run / 'gallery' / 'index.html'}   notebook: analysis/gallery.ipynb "
+          f"(FROBNOLAB_RUN={run})")
     if not taesd:
         print("  (give --taesd DIR or $FROBNOLAB_TAESD_DIR to study TAESD too)")
     return 0

@@ -10,12 +10,16 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tmp_path, capsys, taesd_di
     out = capsys.readouterr().out
     assert "run folder" in out and "preview.png" in out
     stages = json.loads((run / "stages.json").read_text())["seconds"]
-    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "extract-taesd", "train-sae-taesd",
-                           "score-taesd"}
+    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "gallery",
+                           "extract-taesd",
+                           "train-sae-taesd", "score-taesd", "gallery-taesd"}
     for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
               "taesd-sae/sae/sae_weights.safetensors", "scores/features.parquet", "scores/report.md",
-              "taesd-scores/summary.json"):
+              "taesd-scores/summary.json", "gallery/index.html", "taesd-gallery/index.html",
+              "scores/random_model_null.json"):
         assert (run / f).exists(), f
+    null = json.loads((run / "scores" / "random_model_null.json").read_text())
+    assert set(null) >= {"named_best", "scene_r2", "frob"} and 0 <= null["scene_r2"]["share_of_real_features_above"] <= 1
     ev = json.loads((run / "sae" / "training.json").read_text())["evaluation"]
     assert ev["l0"] > 0 and ev["explained_variance"] <= 1 and ev["fidelity_zero"] == ev["fidelity_zero"]
     # a second run finds every stage up to date

@@ -182,3 +182,29 @@ def test_fuzzed_family_files_load_or_fail_cleanly(tmp_path, path, value, delete)
         return
     scene = fam.sample(0, size=8)  # what validates must also build
     assert np.isfinite(scene.camera.pose).all()
+
+
+def test_mesh_files_and_image_textures_render_with_exact_queries(tmp_path):
+    import trimesh
+    from PIL import Image
+
+    from frobnolab.scenes.queries import SceneQuery
+    from frobnolab.scenes.render import Renderer
+
+    trimesh.creation.icosphere(subdivisions=2).export(tmp_path / "blob.obj")
+    Image.fromarray((np.random.default_rng(0).random((8, 16, 3)) * 255).astype(np.uint8)).save(tmp_path / "t.png")
+    fam = load_family(write(tmp_path, {
+        "name": "m", "camera": {"pose": {"type": "orbit", "radius": 3}}, "lights": [{"type": "directional"}],
+        "floor": {"extent": 2},
+        "objects": [{"shape": "mesh", "mesh": "blob.obj", "size": 0.5, "x": -0.6},
+                    {"shape": "sphere", "size": 0.4, "x": 0.6, "material": {"texture": {"type": "image", "path": "t.png"}}}],
+    }))
+    scene = fam.sample(0, size=32)
+    with Renderer(32) as r:
+        b = r.render(scene)
+    assert set(np.unique(b["instance"])) >= {1, 2, 3}
+    assert (b["material"][b["instance"] == 3] == 5).all()  # the image texture
+    q = SceneQuery(scene)
+    pos = b["position"][b["instance"] == 2]
+    assert np.abs(q.sdf(pos)).max() < 2e-3  # trimesh's exact distance to the mesh, negative inside
+    assert q.occupancy(np.array([scene.objects[1].translation]))[0]
