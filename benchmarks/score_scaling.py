@@ -47,14 +47,16 @@ def main():
         t = time.time()
         s = score_sae(test, saes[widest], w / f"scores_{widest}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
                       progress=False, log=lambda *_: None)
-        rows.append({"features": widest, "tokens": s["tokens"], "seconds": round(time.time() - t, 1)})
+        rows.append({"features": widest, "tokens": s["tokens"], "seconds": round(time.time() - t, 1),
+                     "stages": s["timings"]})
         print(json.dumps(rows[-1]), flush=True)
     n = min(map(int, args.tokens.split(",")))
     for width in sorted(saes)[:-1]:
         t = time.time()
         s = score_sae(test, saes[width], w / f"scores_{width}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
                       progress=False, log=lambda *_: None)
-        rows.append({"features": width, "tokens": s["tokens"], "seconds": round(time.time() - t, 1)})
+        rows.append({"features": width, "tokens": s["tokens"], "seconds": round(time.time() - t, 1),
+                     "stages": s["timings"]})
         print(json.dumps(rows[-1]), flush=True)
     (w / "score_scaling.json").write_text(json.dumps(rows, indent=1))
 
