@@ -588,7 +588,7 @@ def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, c
                                     columns=store.manifest["columns"], log=log)
     other = load_sae(other_sae, device=cfg.device) if other_sae else None
     summary["dictionary"] = dictionary_scores(table, summary, store, hook, sae, other, cfg)
-    summary.update({"store": str(store.path), "hook": hook, "sae": str(sae_folder),
+    summary.update({"store": str(store.path.resolve()), "hook": hook, "sae": str(sae_folder.resolve()),
                     "store_hook_sha256": tokens.meta["sha256"]})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

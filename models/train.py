@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from frobnolab.scenes.dataset import Dataset, split_indices
 
 from .conv_ae import ConvAEConfig, ConvAutoencoder
-from .field import OCC_STEP, CoordinateField, FieldConfig, render_rays
+from .field import CoordinateField, FieldConfig, render_rays
 from .io import model_hash, save_model
 
 

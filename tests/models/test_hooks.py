@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from frobnolab.models.conv_ae import ConvAEConfig, ConvAutoencoder
 from frobnolab.models.field import CoordinateField, FieldConfig

@@ -1,7 +1,6 @@
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
