@@ -123,3 +123,21 @@ def test_score_cli_writes_table_summary_and_report(tmp_path, capsys):
     assert main(["score", str(run / "store"), str(run / "sae"), "--out", str(tmp_path / "x"), "--quiet",
                  "--holdout", "nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_stability_of_an_sae_with_itself_is_one_and_with_another_seed_is_lower(tiny_run, tmp_path):
+    from frobnolab.analysis.pipeline import QUICKSTART_PRESETS
+    from frobnolab.analysis.sae import train_sae
+    from frobnolab.analysis.score import ScoreConfig, score_sae
+
+    cfg = ScoreConfig(n_null=8, bootstrap=0, causal_top=4, scene_steps=50)
+    same = score_sae(tiny_run / "store", tiny_run / "sae", tmp_path / "a", cfg, other_sae=tiny_run / "sae",
+                     progress=False, log=lambda *_: None)
+    assert same["dictionary"]["stability"] == pytest.approx(1.0, abs=1e-6)
+    import dataclasses
+
+    other_cfg = dataclasses.replace(QUICKSTART_PRESETS["tiny"].sae, seed=1)
+    train_sae(tiny_run / "store", tmp_path / "sae1", other_cfg, progress=False, evaluate=False)
+    other = score_sae(tiny_run / "store", tiny_run / "sae", tmp_path / "b", cfg, other_sae=tmp_path / "sae1",
+                      progress=False, log=lambda *_: None)
+    assert 0 < other["dictionary"]["stability"] < 1
