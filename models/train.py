@@ -38,6 +38,18 @@ def _save_checkpoint(path: Path, **state):
     os.replace(tmp, path)
 
 
+def _resume(ckpt: Path, model, opt, sched, gen) -> dict | None:
+    """Restore model, optimiser, scheduler and batch generator from ``ckpt`` if it exists; returns its state."""
+    if not ckpt.exists():
+        return None
+    state = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    return state
+
+
 def _images(ds: Dataset, idx: np.ndarray) -> torch.Tensor:  # (N, 3, H, W) float32 in [0, 1]
     return torch.from_numpy(np.ascontiguousarray(ds["rgb"][idx])).permute(0, 3, 1, 2).contiguous()
 
@@ -103,12 +115,7 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
     gen = torch.Generator().manual_seed(cfg.seed)
     step, curve, t0 = 0, [], time.time()
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
+    if (state := _resume(ckpt, model, opt, sched, gen)) is not None:
         step, curve = state["step"], state["curve"]
     bar = trange(step, cfg.steps, desc="train autoencoder", disable=not progress, initial=step, total=cfg.steps)
     for step in bar:
@@ -219,12 +226,7 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
     lo, hi = np.array(cfg.model.aabb[0]), np.array(cfg.model.aabb[1])
     step, curve, t0 = 0, [], time.time()
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
+    if (state := _resume(ckpt, model, opt, sched, gen)) is not None:
         rng.bit_generator.state = state["rng"]
         step, curve = state["step"], state["curve"]
     bar = trange(step, cfg.steps, desc=f"train field ({cfg.mode})", disable=not progress, initial=step,
