@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs frobnolab and everything it needs into ./.venv on a fresh Debian/Ubuntu machine:
 #   the OSMesa library (headless OpenGL on a CPU), the CPU build of torch, then the project itself.
-# Usage: bash setup.sh          (the lab)
-#        bash setup.sh --dev    (the lab and its test tools)
+# Usage: bash setup.sh          (the lab; add Ray with: .venv/bin/pip install -e ".[ray]")
+#        bash setup.sh --dev    (the lab, Ray and the test tools)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+[ "${1:-}" = "--dev" ] && extras="[dev,ray]"  # the tests run Ray too
 
 if ! ldconfig -p 2>/dev/null | grep -q libOSMesa; then
   sudo=""

@@ -180,17 +180,52 @@ def _field_chunk(model, hooks, ds, img_idx, cfg, concepts, chunk, scene_cache):
     return out
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(cfg: ExtractConfig, model=None):
+    """Set up this process for ``_extract_chunk``: the model (loaded once), its hook points, the dataset, concepts."""
+    model = (load_model(cfg.model, cfg.device) if model is None else model.to(cfg.device)).eval()
+    field = is_field(model)
+    _WORKER.clear()
+    _WORKER.update(cfg=cfg, model=model, hooks=_resolve_hooks(model, cfg.hooks), ds=Dataset(cfg.dataset),
+                   field=field, concepts=C.get(list(cfg.concepts) or None, "point" if field else "pixel"),
+                   scene_cache={})
+
+
+def _extract_chunk(job) -> int:
+    """Extract one chunk of images into ``chunks/NNNNNN`` (atomically); returns its image count."""
+    work, k, img_idx = job
+    w = _WORKER
+    args = (w["model"], w["hooks"], w["ds"], img_idx, w["cfg"], w["concepts"], k)
+    res = _field_chunk(*args, w["scene_cache"]) if w["field"] else _image_chunk(*args)
+    final = Path(work) / "chunks" / f"{k:06d}"
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, r in res.items():
+        for part in ("acts", "where", "gt", "points"):
+            if part in r:
+                np.save(tmp / f"{name}.{part}.npy", r[part])
+    (tmp / "strides.json").write_text(json.dumps({n: r["stride"] for n, r in res.items()}))
+    os.replace(tmp, final)
+    return len(img_idx)
+
+
 def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progress: bool = True,
-            model=None) -> Path:
+            model=None, ray=None) -> Path:
     """Run ``cfg.model`` over ``cfg.dataset`` and store tokens for its hook points in ``out``.
 
     ``model``: an already-built model (with ``hook_root`` and ``hook_points``) to use instead of loading
     ``cfg.model``, which then only names it in the manifest.
+    ``ray``: a ``frobnolab.scenes.cluster.RayConfig`` to run the chunks on Ray actors, each loading the model once
+    (one GPU each when ``cfg.device`` is cuda); the store's content is the same as a local run's.
     """
     from tqdm.auto import tqdm
 
     cfg.check()
     ds = Dataset(cfg.dataset)
+    given = model
     model = (load_model(cfg.model, cfg.device) if model is None else model.to(cfg.device)).eval()
     hooks = _resolve_hooks(model, cfg.hooks)
     field = is_field(model)
@@ -215,27 +250,33 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
 
     img = split_indices(len(ds), cfg.split)
     chunks = [img[k:k + cfg.batch_size] for k in range(0, len(img), cfg.batch_size)]
-    scene_cache: dict = {}
+    todo = [(str(work.resolve()), k, idx) for k, idx in enumerate(chunks)
+            if not (work / "chunks" / f"{k:06d}").is_dir()]
     t0 = time.time()
-    bar = tqdm(total=len(img), unit="img", desc=f"extract {len(hooks)} hook point(s)", disable=not progress)
-    for k, img_idx in enumerate(chunks):
-        final = work / "chunks" / f"{k:06d}"
-        if final.is_dir():
-            bar.update(len(img_idx))
-            continue
-        res = (_field_chunk(model, hooks, ds, img_idx, cfg, concepts, k, scene_cache) if field
-               else _image_chunk(model, hooks, ds, img_idx, cfg, concepts, k))
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, r in res.items():
-            for part in ("acts", "where", "gt", "points"):
-                if part in r:
-                    np.save(tmp / f"{name}.{part}.npy", r[part])
-        (tmp / "strides.json").write_text(json.dumps({n: r["stride"] for n, r in res.items()}))
-        os.replace(tmp, final)
-        bar.update(len(img_idx))
-    bar.close()
+    bar = tqdm(total=len(img), initial=len(img) - sum(len(j[2]) for j in todo), unit="img",
+               desc=f"extract {len(hooks)} hook point(s)", disable=not progress)
+    try:
+        if ray is not None:
+            from frobnolab.scenes.cluster import run_shards
+
+            # a model given in memory travels to the workers pickled; otherwise each worker loads cfg.model itself
+            remote_model = given.cpu() if given is not None else None
+            for count in run_shards(ray, _extract_chunk, todo, init=_init_worker, init_args=(cfg, remote_model),
+                                    num_gpus=1 if cfg.device.startswith("cuda") else 0,
+                                    check=lambda job: (Path(job[0]) / "chunks" / f"{job[1]:06d}").is_dir()):
+                bar.update(count)
+            model.to(cfg.device)
+        else:
+            _init_worker(cfg, model)
+            try:
+                for job in todo:
+                    bar.update(_extract_chunk(job))
+            finally:
+                _WORKER.clear()
+    finally:
+        bar.close()
+    for stray in (work / "chunks").glob(".*.tmp-*"):  # what a worker killed mid-write left behind
+        shutil.rmtree(stray, ignore_errors=True)
 
     chunk_dirs = [work / "chunks" / f"{k:06d}" for k in range(len(chunks))]
     strides = json.loads((chunk_dirs[0] / "strides.json").read_text()) if chunk_dirs else {}
@@ -258,6 +299,7 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
                      for c in concepts],
         "hooks": hook_meta, "chunks": [c.name for c in chunk_dirs], "versions": versions(),
         "torch": torch.__version__, "seconds": round(time.time() - t0, 2),
+        "executor": f"ray ({ray.address})" if ray is not None else "this process",
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
     plan.unlink()

@@ -28,12 +28,20 @@ def _cmd_families(args) -> int:
     return 0
 
 
+def _ray_config(args):
+    if args.ray is None:
+        return None
+    from frobnolab.scenes.cluster import RayConfig
+
+    return RayConfig(address=args.ray, workers=args.workers)
+
+
 def _cmd_render(args) -> int:
     from frobnolab.scenes.dataset import RenderConfig, render_dataset
 
     cfg = RenderConfig(family=args.family, n=args.n, size=args.size, seed=args.seed, shard_size=args.shard_size)
     out = render_dataset(cfg, args.out, workers=args.workers, force=args.force, progress=not args.quiet,
-                         command=shlex.join(["frobnolab"] + sys.argv[1:]))
+                         command=shlex.join(["frobnolab"] + sys.argv[1:]), ray=_ray_config(args))
     print(f"dataset: {out}")
     return 0
 
@@ -76,7 +84,9 @@ def _cmd_extract(args) -> int:
     cfg = ExtractConfig(model=args.model, dataset=args.dataset, hooks=tuple(args.hooks.split(",")) if args.hooks else (),
                         split=args.split, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
                         seed=args.seed, device=args.device)
-    out = extract(cfg, args.out, force=args.force, progress=not args.quiet)
+    if args.workers and args.ray is None:
+        raise ValueError("extract --workers: only with --ray (a local extraction runs in this process)")
+    out = extract(cfg, args.out, force=args.force, progress=not args.quiet, ray=_ray_config(args))
     store = ActivationStore(out)
     for h in store.hooks:
         t = store[h]
@@ -221,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=int, default=None, help="image side in pixels (default: the family's)")
     r.add_argument("--seed", type=int, default=0, help="dataset seed; same family + seed gives identical bytes")
     r.add_argument("--out", required=True, help="dataset folder to write (made atomically)")
-    r.add_argument("--workers", type=int, default=0, help="render processes; 0 = one per core, 1 = in-process")
+    r.add_argument("--workers", type=int, default=0,
+                   help="render processes (Ray actors with --ray); 0 = one per core, 1 = in-process")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the shards on Ray: alone, a local Ray started here; or a cluster's address "
+                        "(auto, HOST:PORT, ray://HOST:10001). Needs pip install 'frobnolab[ray]'")
     r.add_argument("--shard-size", type=int, default=16, help="images per shard (chunk, work and resume unit)")
     r.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -274,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tokens-per-image", type=int, default=0,
                    help="random tokens kept per image and hook point (0: all); fields: rays per image")
     e.add_argument("--force", action="store_true", help="replace a different store already at --out")
+    e.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the chunks on Ray actors, each loading the model once (one GPU each with --device "
+                        "cuda): alone, a local Ray; or a cluster's address (auto, HOST:PORT, ray://HOST:10001)")
+    e.add_argument("--workers", type=int, default=0, help="Ray actors (with --ray); 0 = one per CPU (GPU) of the cluster")
     common(e)
     e.set_defaults(run=_cmd_extract)
 
@@ -360,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
         print(f"frobnolab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -133,10 +133,11 @@ def _render_shard(args) -> int:
 
 
 def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, force: bool = False,
-                   progress: bool = True, command: str = "") -> Path:
+                   progress: bool = True, command: str = "", ray=None) -> Path:
     """Render ``cfg`` into the dataset folder ``out``; returns its path.
 
     workers: processes (0: one per core, at most one per shard; 1: render in this process).
+    ray: a ``frobnolab.scenes.cluster.RayConfig`` to run the shards on Ray actors instead (same bytes out).
     An existing dataset with the same config is left as it is (up to date); a different one is an error unless
     ``force``. An interrupted render into the same ``out`` resumes.
     """
@@ -176,8 +177,18 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
     bar = tqdm(total=cfg.n, initial=done_imgs, unit="img", desc=f"render {family.name}", disable=not progress)
     jobs = [(str(work), asdict(cfg), s) for s in todo]
     workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+    executor = f"ray ({ray.address})" if ray is not None else f"{workers} local process(es)"
     try:
-        if workers <= 1:
+        if ray is not None:
+            from .cluster import run_shards
+
+            def visible(job):
+                return (Path(job[0]) / SHARDS / f"{job[2]:06d}").is_dir()
+
+            for count in run_shards(ray, _render_shard, jobs, init=_init_worker, init_args=(str(family.path), size),
+                                    check=visible):
+                bar.update(count)
+        elif workers <= 1:
             _init_worker(str(family.path), size)
             try:
                 for job in jobs:
@@ -191,11 +202,14 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
                     bar.update(count)
     finally:
         bar.close()
-    _finalize(work, out, cfg, family, key, BUFFERS, command=command, seconds=time.time() - t0)
+    _finalize(work, out, cfg, family, key, BUFFERS, command=command, seconds=time.time() - t0, executor=executor)
     return out
 
 
-def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffers, command: str, seconds: float):
+def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffers, command: str, seconds: float,
+              executor: str = ""):
+    for stray in (work / SHARDS).glob(".*.tmp-*"):  # what a worker killed mid-write left behind
+        shutil.rmtree(stray, ignore_errors=True)
     shards = sorted(p for p in (work / SHARDS).iterdir() if p.is_dir() and not p.name.startswith("."))
     factor_rows: list[dict] = []
     for s in shards:
@@ -241,7 +255,8 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
     _atomic_write(work / "manifest.json", json.dumps(manifest, indent=1))
     _atomic_write(work / "provenance.json", json.dumps({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "command": command,
-        "render_seconds": round(seconds, 3), "argv": sys.argv}, indent=1))
+        "render_seconds": round(seconds, 3), "executor": executor,
+        "argv": sys.argv}, indent=1))
     (work / "plan.json").unlink()
     os.replace(work, out)
 

@@ -53,3 +53,13 @@ def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "tiny"
     run_quickstart(QUICKSTART_PRESETS["tiny"], run, workers=1, progress=False, log=lambda *_: None)
     return run
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of 2 CPUs for one test module (stopped after it, so that it idles under no other test)."""
+    from frobnolab.scenes.cluster import RayConfig, connect
+
+    ray = connect(RayConfig(), num_cpus=2)
+    yield RayConfig(workers=2)
+    ray.shutdown()
