@@ -65,8 +65,9 @@ def connect(cfg: RayConfig, num_cpus: int | None = None):
     ray = import_ray()
     if ray.is_initialized():
         return ray
-    # frobnolab's settings travel to the workers (a worker on another node does not inherit this environment)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("FROBNOLAB_", "PYOPENGL_PLATFORM"))}
+    # frobnolab's settings travel to the workers (a worker on another node does not inherit this environment);
+    # PYOPENGL_PLATFORM does not: each node picks EGL or OSMesa for its own hardware (scenes/gl.py)
+    env = {k: v for k, v in os.environ.items() if k.startswith("FROBNOLAB_")}
     kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     if cfg.address == LOCAL:
         ray.init(num_cpus=num_cpus, **kwargs)

@@ -4,6 +4,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,3 +85,24 @@ def test_bad_ray_options_are_refused():
         RayConfig(workers=-1).check()
     with pytest.raises(ValueError, match="address"):
         RayConfig(address="").check()
+
+
+def test_cli_runs_render_on_ray_and_refuses_workers_without_it(ray_local, tiny_dataset, tmp_path, capsys):
+    from frobnolab.cli import main
+
+    assert main(["render", "shapes", "--n", "6", "--size", "16", "--shard-size", "3", "--out", str(tmp_path / "d"),
+                 "--ray", "--workers", "2", "--quiet"]) == 0
+    assert json.loads((tmp_path / "d" / "provenance.json").read_text())["executor"] == "ray (local)"
+    assert main(["extract", "--model", "random-taesd", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "s"),
+                 "--workers", "2", "--quiet"]) == 2
+    assert "only with --ray" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_core_install_does_not_need_ray():
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+            "import frobnolab.cli, frobnolab.scenes.dataset, frobnolab.analysis.store\n"
+            "from frobnolab.scenes.cluster import RayConfig, run_shards\n"
+            "try:\n    list(run_shards(RayConfig(), int, ['1'], init=print))\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'frobnolab[ray]'" in out
