@@ -32,7 +32,8 @@ def evaluate_autoencoder(model, ds: Dataset, split: str = "test", device: str = 
 
 
 @torch.no_grad()
-def render_views(model, ds: Dataset, idx: np.ndarray, device: str = "cpu", n_samples: int = 64, chunk: int = 4096):
+def render_views(model, ds: Dataset, idx: np.ndarray, device: str = "cpu", n_samples: int = 64,
+                 n_importance: int = 64, chunk: int = 4096):
     """Render dataset views with a field: rgb (n, H, W, 3), depth (n, H, W), acc (n, H, W), as numpy."""
     from .field import render_rays
     from .train import dataset_rays
@@ -40,7 +41,8 @@ def render_views(model, ds: Dataset, idx: np.ndarray, device: str = "cpu", n_sam
     o, d = dataset_rays(ds, idx)
     shape = o.shape[:3]
     o, d = torch.as_tensor(o.reshape(-1, 3), dtype=torch.float32), torch.as_tensor(d.reshape(-1, 3), dtype=torch.float32)
-    outs = [render_rays(model, o[k:k + chunk].to(device), d[k:k + chunk].to(device), n_samples)
+    outs = [render_rays(model, o[k:k + chunk].to(device), d[k:k + chunk].to(device), n_samples,
+                        n_importance=n_importance)
             for k in range(0, len(o), chunk)]
     rgb = torch.cat([r.rgb for r in outs]).cpu().numpy().reshape(shape + (3,))
     depth = torch.cat([r.depth for r in outs]).cpu().numpy().reshape(shape)

@@ -124,25 +124,66 @@ class RenderOut:
     points: torch.Tensor = field(repr=False, default=None)  # (R, S, 3)
 
 
+def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, stratified: bool = False) -> torch.Tensor:
+    """Distances (R, n) drawn by inverse CDF from piecewise-constant weights (R, B) over bin edges (R, B + 1)."""
+    pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)  # a floor, so empty rays sample uniformly
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1).contiguous()  # (R, B + 1)
+    u = (torch.arange(n, device=bins.device, dtype=bins.dtype) + 0.5) / n
+    u = u.expand(len(bins), n)
+    if stratified:
+        u = u + (torch.rand_like(u) - 0.5) / n
+    u = u.contiguous()
+    hi = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
+    c0, c1 = cdf.gather(-1, hi - 1), cdf.gather(-1, hi)
+    b0, b1 = bins.gather(-1, hi - 1), bins.gather(-1, hi)
+    return b0 + (u - c0) / (c1 - c0).clamp(min=1e-8) * (b1 - b0)
+
+
 def render_rays(model: CoordinateField, o: torch.Tensor, d: torch.Tensor, n_samples: int = 64,
-                stratified: bool = False, generator: torch.Generator | None = None) -> RenderOut:
-    """Volume-render rays (R, 3) with unit directions; composited over ``config.background``."""
+                stratified: bool = False, generator: torch.Generator | None = None,
+                n_importance: int = 0) -> RenderOut:
+    """Volume-render rays (R, 3) with unit directions; composited over ``config.background``.
+
+    ``n_samples`` evenly spaced (jittered when ``stratified``) points per ray through the field's box; with
+    ``n_importance``, that many more drawn where those first samples put the ray's weight (NeRF's hierarchical
+    sampling with one network). The first pass is then evaluated without gradient: training gradients flow through
+    the importance samples, which sit at the surfaces that make the image.
+    """
     near, far = ray_box(o, d, model.lo, model.hi)
     valid = far > near
     far = torch.where(valid, far, near + 1e-3)
     u = (torch.arange(n_samples, device=o.device, dtype=o.dtype) + 0.5) / n_samples
     if stratified:
         u = u + (torch.rand(len(o), n_samples, device=o.device, generator=generator) - 0.5) / n_samples
-    t = near[:, None] + (far - near)[:, None] * u  # (R, S)
-    pts = o[:, None] + t[..., None] * d[:, None]
-    sigma, rgb = model(pts.reshape(-1, 3), d[:, None].expand_as(pts).reshape(-1, 3))
-    sigma = sigma.view(len(o), n_samples) * valid[:, None]
-    delta = (far - near)[:, None] / n_samples
-    alpha = 1 - torch.exp(-sigma * delta)
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], -1), -1)
-    w = alpha * trans  # (R, S)
+    t = (near[:, None] + (far - near)[:, None] * u).expand(len(o), n_samples)  # (R, S)
+
+    def field(t):  # (R, k) -> sigma (R, k), rgb (R, k, 3)
+        pts = o[:, None] + t[..., None] * d[:, None]
+        sigma, rgb = model(pts.reshape(-1, 3), d[:, None].expand_as(pts).reshape(-1, 3))
+        return sigma.view(t.shape) * valid[:, None], rgb.view(*t.shape, 3)
+
+    def weights(t, sigma):  # quadrature over the cells between midpoints, closed by near and far
+        mids = (t[:, 1:] + t[:, :-1]) / 2
+        delta = torch.cat([mids, far[:, None]], -1) - torch.cat([near[:, None], mids], -1)
+        alpha = 1 - torch.exp(-sigma * delta.clamp(min=0))
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], -1), -1)
+        return alpha * trans, mids
+
+    if n_importance:
+        with torch.no_grad():
+            sigma_c, rgb_c = field(t)
+            w_c, mids = weights(t, sigma_c)
+            edges = torch.cat([near[:, None], mids, far[:, None]], -1)
+            t_f = sample_pdf(edges, w_c, n_importance, stratified)
+        sigma_f, rgb_f = field(t_f)
+        t, order = torch.sort(torch.cat([t, t_f], -1), -1)
+        sigma = torch.cat([sigma_c, sigma_f], -1).gather(-1, order)
+        rgb = torch.cat([rgb_c, rgb_f], 1).gather(1, order[..., None].expand(-1, -1, 3))
+    else:
+        sigma, rgb = field(t)
+    w, _ = weights(t, sigma)
     acc = w.sum(-1)
     bg = torch.tensor(model.config.background, device=o.device, dtype=o.dtype)
-    color = (w[..., None] * rgb.view(len(o), n_samples, 3)).sum(1) + (1 - acc)[:, None] * bg
+    color = (w[..., None] * rgb).sum(1) + (1 - acc)[:, None] * bg
     depth = (w * t).sum(-1) / acc.clamp(min=1e-6)
-    return RenderOut(color, depth, acc, pts)
+    return RenderOut(color, depth, acc, o[:, None] + t[..., None] * d[:, None])

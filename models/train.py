@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ def _resume(ckpt: Path, model, opt, sched, gen) -> dict | None:
     state = torch.load(ckpt, weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
+    if sched is not None:
+        sched.load_state_dict(state["sched"])
     gen.set_state(state["gen"])
     return state
 
@@ -153,14 +155,18 @@ class TrainFieldConfig:
     """Wall-clock budget for the loop; 0 for none."""
     rays_per_batch: int = 512
     """Rays per step (volume)."""
-    samples_per_ray: int = 48
-    """Samples per ray (volume; stratified while training)."""
+    samples_per_ray: int = 24
+    """Evenly spaced samples per ray (volume; jittered while training)."""
+    importance_samples: int = 24
+    """More samples per ray drawn where the first ones found the surfaces (volume); with them, only these carry
+    gradient (see ``render_rays``)."""
     points_per_batch: int = 4096
     """Points per step (direct): half uniform in the box, half jittered around visible surface points."""
     alpha_weight: float = 0.1
     """Weight of the opacity loss against the foreground masks (volume)."""
     lr: float = 5e-3
-    """Adam learning rate (cosine-decayed to 5%)."""
+    """Adam learning rate, cosine-decayed to 5% over the run: over ``steps``, or over ``max_seconds`` when the
+    clock will end the run first."""
     seed: int = 0
     """Seed of the initialisation and of all sampling."""
     device: str = "cpu"
@@ -220,23 +226,28 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
     torch.manual_seed(cfg.seed)
     model = CoordinateField(cfg.model).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     lo, hi = np.array(cfg.model.aabb[0]), np.array(cfg.model.aabb[1])
-    step, curve, t0 = 0, [], time.time()
+    step, curve, t0, spent = 0, [], time.time(), 0.0
     ckpt = out / "checkpoint.pt"
-    if (state := _resume(ckpt, model, opt, sched, gen)) is not None:
+    if (state := _resume(ckpt, model, opt, None, gen)) is not None:
         rng.bit_generator.state = state["rng"]
-        step, curve = state["step"], state["curve"]
+        step, curve, spent = state["step"], state["curve"], state.get("seconds", 0.0)
     bar = trange(step, cfg.steps, desc=f"train field ({cfg.mode})", disable=not progress, initial=step,
                  total=cfg.steps)
     for step in bar:
+        # The schedule runs over the budget that will end the run: steps, or the clock when it is set.
+        done = step / cfg.steps
+        if cfg.max_seconds:
+            done = max(done, (spent + time.time() - t0) / cfg.max_seconds)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
         loss = torch.zeros((), device=dev)
         if cfg.mode in ("volume", "both"):
             i = torch.randint(len(rays_o), (cfg.rays_per_batch,), generator=gen)
             r = render_rays(model, rays_o[i].to(dev), rays_d[i].to(dev), cfg.samples_per_ray, stratified=True,
-                            generator=None)
+                            n_importance=cfg.importance_samples)
             loss = loss + F.mse_loss(r.rgb, rays_rgb[i].to(dev))
             loss = loss + cfg.alpha_weight * F.binary_cross_entropy(r.acc.clamp(1e-5, 1 - 1e-5), rays_fg[i].to(dev))
         if cfg.mode in ("direct", "both"):
@@ -254,14 +265,13 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if step % 10 == 0:
             curve.append((step, loss.item()))
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
-                             gen=gen.get_state(), rng=rng.bit_generator.state, step=step + 1, curve=curve)
-        if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+            _save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                             rng=rng.bit_generator.state, step=step + 1, curve=curve, seconds=spent + time.time() - t0)
+        if cfg.max_seconds and spent + time.time() - t0 > cfg.max_seconds:
             break
     bar.close()
     from .evaluate import evaluate_field

@@ -196,10 +196,20 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
             finally:
                 _WORKER.pop("renderer").close()
         else:
-            ctx = mp.get_context("spawn")  # GL contexts do not survive fork
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(family.path), size)) as pool:
-                for count in pool.imap_unordered(_render_shard, jobs):
-                    bar.update(count)
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
+
+            # spawn: GL contexts do not survive fork. An executor, not mp.Pool: a worker that dies (killed, out of
+            # memory, a crash in the GL driver) breaks the run with an error instead of hanging it.
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                     initargs=(str(family.path), size)) as pool:
+                try:
+                    for fut in as_completed([pool.submit(_render_shard, job) for job in jobs]):
+                        bar.update(fut.result())
+                except BrokenProcessPool:
+                    raise RuntimeError(f"a render worker process died (killed, out of memory or crashed); the "
+                                       f"finished shards are kept in {work}: run the same render again to resume"
+                                       ) from None
     finally:
         bar.close()
     _finalize(work, out, cfg, family, key, BUFFERS, command=command, seconds=time.time() - t0, executor=executor)

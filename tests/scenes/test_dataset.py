@@ -103,3 +103,44 @@ def test_existing_different_dataset_needs_force(ds_path, tmp_path, capsys):
     assert main(["render", "shapes", "--n", "3", "--size", "16", "--out", str(out), "--workers", "1", "--quiet",
                  "--force"]) == 0
     assert len(Dataset(out)) == 3
+
+
+def test_a_killed_render_worker_stops_the_run_with_an_error_and_it_resumes(ds_path, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    cfg = RenderConfig("shapes", n=48, size=48, seed=1, shard_size=4)
+    errors, killed = [], []
+
+    def render():
+        try:
+            render_dataset(cfg, tmp_path / "d", workers=2, progress=False)
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=render)
+    thread.start()
+    deadline = time.time() + 60
+    while thread.is_alive() and not killed and time.time() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):  # our spawned render workers, once they are rendering
+            try:
+                pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                busy = ppid == os.getpid() and b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if busy and any((tmp_path / "d.partial" / "shards").glob("0*")):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+        time.sleep(0.005)
+    thread.join(timeout=120)
+    assert killed and not thread.is_alive()
+    assert errors and "worker process died" in errors[0] and "resume" in errors[0]
+    assert not (tmp_path / "d").exists()
+    out = render_dataset(cfg, tmp_path / "d", workers=2, progress=False)  # resumes from the finished shards
+    ref = render_dataset(cfg, tmp_path / "ref", workers=1, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["dataset_sha256"] == \
+        json.loads((ref / "manifest.json").read_text())["dataset_sha256"]
