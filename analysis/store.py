@@ -225,6 +225,10 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
 
     cfg.check()
     ds = Dataset(cfg.dataset)
+    if ray is not None:  # reachable before anything is written
+        from frobnolab.scenes.cluster import connect
+
+        connect(ray, num_cpus=ray.workers or None)
     given = model
     model = (load_model(cfg.model, cfg.device) if model is None else model.to(cfg.device)).eval()
     hooks = _resolve_hooks(model, cfg.hooks)

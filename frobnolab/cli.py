@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError, ConnectionError) as e:
         print(f"frobnolab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

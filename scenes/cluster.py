@@ -71,9 +71,30 @@ def connect(cfg: RayConfig, num_cpus: int | None = None):
     kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     if cfg.address == LOCAL:
         ray.init(num_cpus=num_cpus, **kwargs)
-    else:
+        return ray
+    try:
+        _preflight(cfg.address)
         ray.init(address=cfg.address, **kwargs)
+    except (ConnectionError, RuntimeError) as e:
+        hint = str(e).strip().splitlines()[-1][:300]
+        raise ConnectionError(f"cannot reach the Ray cluster at {cfg.address!r} ({hint}). Is it up (`ray status` on "
+                              "its head)? Clusters made by `ray start` use token authentication: set "
+                              "RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token or $RAY_AUTH_TOKEN") from None
     return ray
+
+
+def _preflight(address: str, timeout: float = 5.0):
+    """Fail in seconds when nothing listens at HOST:PORT (Ray itself retries for minutes)."""
+    hostport = address.removeprefix("ray://")
+    if address == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except ValueError:
+        raise ValueError(f"ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto") from None
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {e.strerror or e}") from None
 
 
 class _ShardWorker:
