@@ -70,7 +70,8 @@ def connect(cfg: RayConfig, num_cpus: int | None = None):
     env = {k: v for k, v in os.environ.items() if k.startswith("FROBNOLAB_")}
     kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     if cfg.address == LOCAL:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # address="local" always starts a new Ray; None would join whatever cluster this machine last knew of
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
         return ray
     try:
         _preflight(cfg.address)

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def head(tmp_path_factory):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
+        # what `ray stop` would do: forget this cluster, so that no later ray.init() on this machine tries to join it
+        last = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if last.exists() and last.read_text().strip().endswith(f":{port}"):
+            last.unlink()
 
 
 def test_render_on_an_existing_cluster_matches_local(head, tmp_path):
@@ -67,3 +72,22 @@ def test_an_unreachable_cluster_is_a_short_error(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "cannot reach the Ray cluster" in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
+
+
+def test_a_local_ray_is_started_even_where_a_dead_cluster_was_last_known(tmp_path):
+    # Ray's ray.init() without an address joins the cluster this machine last knew of (its temp dir remembers it);
+    # --ray alone must start a local Ray instead, even when that cluster is gone
+    last = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    saved = last.read_bytes() if last.exists() else None
+    last.parent.mkdir(parents=True, exist_ok=True)
+    last.write_text(f"127.0.0.1:{_free_port()}")
+    try:
+        run = subprocess.run([sys.executable, "-m", "frobnolab.cli", "render", "shapes", "--n", "4", "--size", "16",
+                              "--out", str(tmp_path / "d"), "--ray", "--quiet"], capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        last.unlink(missing_ok=True)
+        if saved is not None:
+            last.write_bytes(saved)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "d" / "provenance.json").read_text())["executor"] == "ray (local)"
