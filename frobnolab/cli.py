@@ -71,7 +71,7 @@ def _cmd_train_field(args) -> int:
 
     cfg = TrainFieldConfig(model=FieldConfig(hidden=args.hidden, layers=args.layers, n_freqs=args.freqs),
                            mode=args.mode, steps=args.steps, max_seconds=args.max_seconds, lr=args.lr, seed=args.seed,
-                           device=args.device)
+                           device=args.device, samples_per_ray=args.samples, importance_samples=args.importance)
     rec = train_field(args.dataset, args.out, cfg, progress=not args.quiet)
     ev = rec["evaluation"]
     print(f"model: {args.out}  (held-out PSNR {ev['psnr']:.2f} dB, occupancy IoU {ev['occupancy_iou']:.3f})")
@@ -270,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int, default=4, help="hidden layers of the trunk")
     t.add_argument("--freqs", type=int, default=8, help="Fourier octaves of the position encoding")
     t.add_argument("--steps", type=int, default=3000, help="optimiser steps")
-    t.add_argument("--max-seconds", type=float, default=0.0, help="stop after this long (0: no limit)")
+    t.add_argument("--samples", type=int, default=24, help="evenly spaced samples per ray (volume rendering)")
+    t.add_argument("--importance", type=int, default=24,
+                   help="more samples per ray where the first found the surfaces (0: none)")
+    t.add_argument("--max-seconds", type=float, default=0.0,
+                   help="stop after this long (0: no limit); the learning rate then decays over this time")
     t.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
     common(t)
     t.set_defaults(run=_cmd_train_field)

@@ -177,6 +177,9 @@ class TrainFieldConfig:
     def __post_init__(self):
         if self.mode not in ("volume", "direct", "both"):
             raise ValueError(f"TrainFieldConfig.mode must be volume, direct or both, got {self.mode!r}")
+        if self.samples_per_ray < 2 or self.importance_samples < 0:
+            raise ValueError(f"TrainFieldConfig: samples_per_ray >= 2 and importance_samples >= 0, got "
+                             f"{self.samples_per_ray} and {self.importance_samples}")
 
 
 def dataset_rays(ds: Dataset, idx: np.ndarray):
