@@ -214,6 +214,9 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
                     raise RuntimeError(f"a render worker process died (killed, out of memory or crashed); the "
                                        f"finished shards are kept in {work}: run the same render again to resume"
                                        ) from None
+                except BaseException:  # Ctrl-C or a shard's error: start no more shards
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     finally:
         bar.close()
     _finalize(work, out, cfg, family, key, BUFFERS, command=command, seconds=time.time() - t0, executor=executor)
