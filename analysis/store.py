@@ -230,7 +230,10 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
 
         connect(ray, num_cpus=ray.workers or None)
     given = model
-    model = (load_model(cfg.model, cfg.device) if model is None else model.to(cfg.device)).eval()
+    # with Ray the workers run the model; here it is only hashed and asked for its hook points, so a driver without
+    # a GPU can send work to a cluster with GPUs
+    here = "cpu" if ray is not None else cfg.device
+    model = (load_model(cfg.model, here) if model is None else model.to(here)).eval()
     hooks = _resolve_hooks(model, cfg.hooks)
     field = is_field(model)
     concepts = C.get(list(cfg.concepts) or None, "point" if field else "pixel")
@@ -264,12 +267,10 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
             from frobnolab.scenes.cluster import run_shards
 
             # a model given in memory travels to the workers pickled; otherwise each worker loads cfg.model itself
-            remote_model = given.cpu() if given is not None else None
-            for count in run_shards(ray, _extract_chunk, todo, init=_init_worker, init_args=(cfg, remote_model),
+            for count in run_shards(ray, _extract_chunk, todo, init=_init_worker, init_args=(cfg, given),
                                     num_gpus=1 if cfg.device.startswith("cuda") else 0,
                                     check=lambda job: (Path(job[0]) / "chunks" / f"{job[1]:06d}").is_dir()):
                 bar.update(count)
-            model.to(cfg.device)
         else:
             _init_worker(cfg, model)
             try:
