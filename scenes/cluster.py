@@ -23,7 +23,6 @@ import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 LOCAL = "local"
 log = logging.getLogger("frobnolab.cluster")

@@ -63,3 +63,29 @@ def ray_local():
     ray = connect(RayConfig(), num_cpus=2)
     yield RayConfig(workers=2)
     ray.shutdown()
+
+
+def _kill_a_busy_shard_worker(thread, timeout: float = 120) -> list[int]:
+    """While ``thread`` runs shards on Ray, SIGKILL the first actor seen inside one (Ray titles a busy actor's
+    process ray::CLASS.METHOD); returns the PIDs killed (empty if none was seen)."""
+    import signal
+    import time
+    from pathlib import Path
+
+    deadline = time.time() + timeout
+    while thread.is_alive() and time.time() < deadline:
+        for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                busy = cmd.read_bytes().split(b"\0")[0] == b"ray::_ShardWorker.run"
+            except OSError:
+                continue
+            if busy:
+                os.kill(int(cmd.parent.name), signal.SIGKILL)
+                return [int(cmd.parent.name)]
+        time.sleep(0.005)
+    return []
+
+
+@pytest.fixture
+def kill_a_busy_shard_worker():
+    return _kill_a_busy_shard_worker

@@ -2,12 +2,9 @@
 
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,19 +19,6 @@ def _files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "provenance.json"}
 
 
-def _shard_workers_running() -> list[int]:
-    """PIDs of Ray actors now inside a shard (Ray titles a busy actor's process ray::CLASS.METHOD)."""
-    pids = []
-    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            title = cmd.read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if title == b"ray::_ShardWorker.run":
-            pids.append(int(cmd.parent.name))
-    return pids
-
-
 def test_ray_render_matches_local_byte_for_byte(ray_local, tmp_path):
     cfg = RenderConfig("clutter", n=20, size=32, seed=3, shard_size=6)
     local = render_dataset(cfg, tmp_path / "local", workers=2, progress=False)
@@ -45,10 +29,10 @@ def test_ray_render_matches_local_byte_for_byte(ray_local, tmp_path):
     assert json.loads((on_ray / "provenance.json").read_text())["executor"] == "ray (local)"
 
 
-def test_worker_killed_mid_shard_is_survived(ray_local, tmp_path, caplog):
+def test_worker_killed_mid_shard_is_survived(ray_local, tmp_path, caplog, kill_a_busy_shard_worker):
     cfg = RenderConfig("shapes", n=48, size=48, seed=1, shard_size=8)
     local = render_dataset(cfg, tmp_path / "local", workers=1, progress=False)
-    result, killed = {}, []
+    result = {}
 
     def render():
         try:
@@ -59,13 +43,7 @@ def test_worker_killed_mid_shard_is_survived(ray_local, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="frobnolab.cluster")
     thread = threading.Thread(target=render)
     thread.start()
-    deadline = time.time() + 120
-    while thread.is_alive() and not killed and time.time() < deadline:
-        busy = _shard_workers_running()
-        if busy:
-            os.kill(busy[0], signal.SIGKILL)
-            killed.append(busy[0])
-        time.sleep(0.005)
+    killed = kill_a_busy_shard_worker(thread)
     thread.join(timeout=180)
     assert killed, "never saw a worker inside a shard"
     assert "error" not in result, result.get("error")
