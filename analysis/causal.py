@@ -65,6 +65,8 @@ class CausalProbe:
                 return self.model(self.x)
             from frobnolab.models.field import render_rays
 
+            # even samples only, not the importance samples of training and evaluation: those are placed by a first
+            # pass that an edit would move, and the splices here replay one fixed set of hooked activations
             return render_rays(self.model, self.o, self.d, 48).rgb
 
     def _per_pixel_error(self, out) -> torch.Tensor:

@@ -113,6 +113,7 @@ def model_losses(model, store: ActivationStore, hook: str, edits: dict, device: 
     for name, fn in edits.items():
         ctx = capture(model.hook_root, [], edit={path: fn}) if fn is not None else nullcontext()
         with ctx:
+            # even samples, as in the causal probe (analysis/causal.py says why)
             out[name] = torch.mean((render_rays(model, o, d, 48).rgb - gt) ** 2).item()
     return out
 
