@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,8 +42,12 @@ def head(tmp_path_factory):
                 time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # Ray's own shutdown can take half a minute; the test is over
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         # what `ray stop` would do: forget this cluster, so that no later ray.init() on this machine tries to join it
         last = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if last.exists() and last.read_text().strip().endswith(f":{port}"):
