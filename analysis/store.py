@@ -225,10 +225,10 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
 
     cfg.check()
     ds = Dataset(cfg.dataset)
-    if ray is not None:  # reachable before anything is written
-        from frobnolab.scenes.cluster import connect
+    if ray is not None:  # reachable, and with GPUs if they are asked for, before anything is written
+        from frobnolab.scenes.cluster import check_gpus
 
-        connect(ray, num_cpus=ray.workers or None)
+        check_gpus(ray, 1 if cfg.device.startswith("cuda") else 0)
     given = model
     # with Ray the workers run the model; here it is only hashed and asked for its hook points, so a driver without
     # a GPU can send work to a cluster with GPUs

@@ -97,6 +97,16 @@ def _preflight(address: str, timeout: float = 5.0):
         raise ConnectionError(f"nothing answers at {host}:{port}: {e.strerror or e}") from None
 
 
+def check_gpus(cfg: RayConfig, num_gpus: float) -> dict:
+    """The cluster's resources; ValueError when work that needs ``num_gpus`` per worker finds no GPU there."""
+    ray = connect(cfg, num_cpus=cfg.workers or None)
+    res = ray.cluster_resources()
+    if num_gpus and res.get("GPU", 0) < num_gpus:
+        raise ValueError(f"the Ray cluster at {cfg.address!r} has no GPU (it has: {', '.join(sorted(res))}); "
+                         "extract with --device cpu, or join a cluster with GPUs")
+    return res
+
+
 class _ShardWorker:
     """One Ray actor: runs ``init(*init_args)`` once, then shard after shard."""
 
@@ -126,10 +136,7 @@ def run_shards(cfg: RayConfig, fn: Callable, jobs: Sequence, *, init: Callable, 
     ray = connect(cfg, num_cpus=cfg.workers or None)
     from ray.exceptions import RayActorError, RayTaskError
 
-    res = ray.cluster_resources()
-    if num_gpus and res.get("GPU", 0) < num_gpus:
-        raise ValueError(f"the Ray cluster at {cfg.address!r} has no GPU (resources: {sorted(res)}); "
-                         "extract with --device cpu, or join a cluster with GPUs")
+    res = check_gpus(cfg, num_gpus)
     capacity = int(res.get("GPU", 0) // num_gpus) if num_gpus else int(res.get("CPU", 1))
     n_workers = max(1, min(cfg.workers or capacity, len(jobs)))
     Actor = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=0, max_task_retries=0)(_ShardWorker)

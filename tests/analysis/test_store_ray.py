@@ -66,3 +66,15 @@ def test_ray_extraction_survives_a_worker_killed_mid_chunk(ray_local, tiny_singl
     assert any("worker died" in r.getMessage() for r in caplog.records)
     _same_store(local, result["out"])
     assert not list((result["out"] / "chunks").glob(".*"))  # no half-written chunk left behind
+
+
+def test_gpu_extraction_on_a_cluster_without_gpus_is_refused_before_writing(ray_local, tiny_dataset, tmp_path):
+    import pytest
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine has a GPU, so its local Ray has one too")
+    cfg = S.ExtractConfig(model="random-taesd", dataset=str(tiny_dataset), device="cuda")
+    with pytest.raises(ValueError, match="has no GPU"):
+        S.extract(cfg, tmp_path / "st", progress=False, ray=ray_local)
+    assert not (tmp_path / "st").exists() and not (tmp_path / "st.partial").exists()
