@@ -225,10 +225,11 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
 
     cfg.check()
     ds = Dataset(cfg.dataset)
+    gpus_per_worker = 1 if cfg.device.startswith("cuda") else 0
     if ray is not None:  # reachable, and with GPUs if they are asked for, before anything is written
         from frobnolab.scenes.cluster import check_gpus
 
-        check_gpus(ray, 1 if cfg.device.startswith("cuda") else 0)
+        check_gpus(ray, gpus_per_worker)
     given = model
     # with Ray the workers run the model; here it is only hashed and asked for its hook points, so a driver without
     # a GPU can send work to a cluster with GPUs
@@ -268,7 +269,7 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
 
             # a model given in memory travels to the workers pickled; otherwise each worker loads cfg.model itself
             for count in run_shards(ray, _extract_chunk, todo, init=_init_worker, init_args=(cfg, given),
-                                    num_gpus=1 if cfg.device.startswith("cuda") else 0,
+                                    num_gpus=gpus_per_worker,
                                     check=lambda job: (Path(job[0]) / "chunks" / f"{job[1]:06d}").is_dir()):
                 bar.update(count)
         else:

@@ -33,7 +33,7 @@ def main():
     cfg = RenderConfig(args.family, n=args.n, size=args.size, seed=0, shard_size=args.shard_size)
     n_shards = -(-args.n // args.shard_size)
     t = time.perf_counter()
-    ray = connect(RayConfig(), num_cpus=2)
+    ray = connect(RayConfig(workers=2))
     startup = time.perf_counter() - t
     rcfg = RayConfig(workers=2)
     tmp = Path(tempfile.mkdtemp(prefix="frobnolab-raybench-"))

@@ -42,22 +42,21 @@ def main():
                                                     checkpoints=0), progress=False, evaluate=False)
     print(f"setup {time.time() - t:.0f} s")
     rows = []
-    widest = max(saes)
-    for n in map(int, args.tokens.split(",")):
-        t = time.time()
-        s = score_sae(test, saes[widest], w / f"scores_{widest}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
-                      progress=False, log=lambda *_: None)
-        rows.append({"features": widest, "tokens": s["tokens"], "seconds": round(time.time() - t, 1),
-                     "stages": s["timings"]})
-        print(json.dumps(rows[-1]), flush=True)
-    n = min(map(int, args.tokens.split(",")))
-    for width in sorted(saes)[:-1]:
+
+    def timed(width: int, n: int):
         t = time.time()
         s = score_sae(test, saes[width], w / f"scores_{width}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
                       progress=False, log=lambda *_: None)
         rows.append({"features": width, "tokens": s["tokens"], "seconds": round(time.time() - t, 1),
                      "stages": s["timings"]})
         print(json.dumps(rows[-1]), flush=True)
+
+    widest = max(saes)
+    for n in map(int, args.tokens.split(",")):  # the widest SAE over growing token counts
+        timed(widest, n)
+    n = min(map(int, args.tokens.split(",")))
+    for width in sorted(saes)[:-1]:  # the narrower ones on the fewest tokens
+        timed(width, n)
     (w / "score_scaling.json").write_text(json.dumps(rows, indent=1))
 
 

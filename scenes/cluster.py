@@ -58,8 +58,9 @@ def import_ray():
     return ray
 
 
-def connect(cfg: RayConfig, num_cpus: int | None = None):
-    """Join (or start) the Ray cluster of ``cfg``; returns the ``ray`` module."""
+def connect(cfg: RayConfig):
+    """Join the Ray cluster of ``cfg``, or start a local one with ``cfg.workers`` CPUs (all when 0); returns the
+    ``ray`` module. Once this process has joined a cluster, later calls reuse it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a research tool
     ray = import_ray()
     if ray.is_initialized():
@@ -70,7 +71,7 @@ def connect(cfg: RayConfig, num_cpus: int | None = None):
     kwargs = dict(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     if cfg.address == LOCAL:
         # address="local" always starts a new Ray; None would join whatever cluster this machine last knew of
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=cfg.workers or None, **kwargs)
         return ray
     try:
         _preflight(cfg.address)
@@ -99,8 +100,7 @@ def _preflight(address: str, timeout: float = 5.0):
 
 def check_gpus(cfg: RayConfig, num_gpus: float) -> dict:
     """The cluster's resources; ValueError when work that needs ``num_gpus`` per worker finds no GPU there."""
-    ray = connect(cfg, num_cpus=cfg.workers or None)
-    res = ray.cluster_resources()
+    res = connect(cfg).cluster_resources()
     if num_gpus and res.get("GPU", 0) < num_gpus:
         raise ValueError(f"the Ray cluster at {cfg.address!r} has no GPU (it has: {', '.join(sorted(res))}); "
                          "extract with --device cpu, or join a cluster with GPUs")
@@ -118,9 +118,6 @@ class _ShardWorker:
     def run(self, fn: Callable, job):
         return fn(job), socket.gethostname()
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def run_shards(cfg: RayConfig, fn: Callable, jobs: Sequence, *, init: Callable, init_args: tuple = (),
                num_gpus: float = 0, check: Callable | None = None) -> Iterator:
@@ -133,10 +130,10 @@ def run_shards(cfg: RayConfig, fn: Callable, jobs: Sequence, *, init: Callable, 
     jobs = list(jobs)
     if not jobs:
         return
-    ray = connect(cfg, num_cpus=cfg.workers or None)
+    res = check_gpus(cfg, num_gpus)  # joins the cluster
+    ray = import_ray()
     from ray.exceptions import RayActorError, RayTaskError
 
-    res = check_gpus(cfg, num_gpus)
     capacity = int(res.get("GPU", 0) // num_gpus) if num_gpus else int(res.get("CPU", 1))
     n_workers = max(1, min(cfg.workers or capacity, len(jobs)))
     Actor = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=0, max_task_retries=0)(_ShardWorker)

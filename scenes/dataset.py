@@ -151,7 +151,7 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
     if ray is not None:  # so is the cluster: reachable before anything is written
         from .cluster import connect
 
-        connect(ray, num_cpus=ray.workers or None)
+        connect(ray)
     size = family.default_size if cfg.size is None else cfg.size
     cfg = RenderConfig(**{**asdict(cfg), "size": size, "family": str(family.path)})
     key = {"family_sha256": family.sha256, "n": cfg.n, "size": size, "seed": cfg.seed, "shard_size": cfg.shard_size}

@@ -60,20 +60,31 @@ def ray_local():
     """A local Ray of 2 CPUs for one test module (stopped after it, so that it idles under no other test)."""
     from frobnolab.scenes.cluster import RayConfig, connect
 
-    ray = connect(RayConfig(), num_cpus=2)
+    ray = connect(RayConfig(workers=2))
     yield RayConfig(workers=2)
     ray.shutdown()
 
 
-def _kill_a_busy_shard_worker(thread, timeout: float = 120) -> list[int]:
-    """While ``thread`` runs shards on Ray, SIGKILL the first actor seen inside one (Ray titles a busy actor's
-    process ray::CLASS.METHOD); returns the PIDs killed (empty if none was seen)."""
+def _run_killing_a_shard_worker(fn, timeout: float = 120):
+    """Run ``fn()`` (which runs shards on Ray) in a thread, SIGKILL the first actor seen inside a shard (Ray titles a
+    busy actor's process ray::CLASS.METHOD), and return ``(fn's result, PIDs killed)``; fn's error is raised here."""
     import signal
+    import threading
     import time
     from pathlib import Path
 
-    deadline = time.time() + timeout
-    while thread.is_alive() and time.time() < deadline:
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 (handed to the test's thread)
+            out["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed, deadline = [], time.time() + timeout
+    while thread.is_alive() and not killed and time.time() < deadline:
         for cmd in Path("/proc").glob("[0-9]*/cmdline"):
             try:
                 busy = cmd.read_bytes().split(b"\0")[0] == b"ray::_ShardWorker.run"
@@ -81,11 +92,15 @@ def _kill_a_busy_shard_worker(thread, timeout: float = 120) -> list[int]:
                 continue
             if busy:
                 os.kill(int(cmd.parent.name), signal.SIGKILL)
-                return [int(cmd.parent.name)]
+                killed.append(int(cmd.parent.name))
+                break
         time.sleep(0.005)
-    return []
+    thread.join(timeout=180)
+    if "error" in out:
+        raise out["error"]
+    return out.get("result"), killed
 
 
 @pytest.fixture
-def kill_a_busy_shard_worker():
-    return _kill_a_busy_shard_worker
+def run_killing_a_shard_worker():
+    return _run_killing_a_shard_worker

@@ -40,32 +40,20 @@ def test_ray_extraction_of_a_saved_field_matches_local(ray_local, tiny_single, t
 
 
 def test_ray_extraction_survives_a_worker_killed_mid_chunk(ray_local, tiny_single, tmp_path, caplog,
-                                                           kill_a_busy_shard_worker):
+                                                           run_killing_a_shard_worker):
     import logging
-    import threading
 
     field = CoordinateField(FieldConfig(hidden=16, layers=2))
     save_model(field, tmp_path / "field")
     cfg = S.ExtractConfig(model=str(tmp_path / "field"), dataset=str(tiny_single), tokens_per_image=256,
                           samples_per_ray=16, batch_size=2)
     local = S.extract(cfg, tmp_path / "local", progress=False)
-    result = {}
-
-    def run():
-        try:
-            result["out"] = S.extract(cfg, tmp_path / "ray", progress=False, ray=ray_local)
-        except BaseException as e:  # noqa: BLE001 (handed to the test thread)
-            result["error"] = e
-
     caplog.set_level(logging.WARNING, logger="frobnolab.cluster")
-    thread = threading.Thread(target=run)
-    thread.start()
-    killed = kill_a_busy_shard_worker(thread)
-    thread.join(timeout=180)
-    assert killed and "error" not in result, result.get("error")
+    out, killed = run_killing_a_shard_worker(lambda: S.extract(cfg, tmp_path / "ray", progress=False, ray=ray_local))
+    assert killed, "never saw a worker inside a chunk"
     assert any("worker died" in r.getMessage() for r in caplog.records)
-    _same_store(local, result["out"])
-    assert not list((result["out"] / "chunks").glob(".*"))  # no half-written chunk left behind
+    _same_store(local, out)
+    assert not list((out / "chunks").glob(".*"))  # no half-written chunk left behind
 
 
 def test_gpu_extraction_on_a_cluster_without_gpus_is_refused_before_writing(ray_local, tiny_dataset, tmp_path):

@@ -4,7 +4,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -29,26 +28,15 @@ def test_ray_render_matches_local_byte_for_byte(ray_local, tmp_path):
     assert json.loads((on_ray / "provenance.json").read_text())["executor"] == "ray (local)"
 
 
-def test_worker_killed_mid_shard_is_survived(ray_local, tmp_path, caplog, kill_a_busy_shard_worker):
+def test_worker_killed_mid_shard_is_survived(ray_local, tmp_path, caplog, run_killing_a_shard_worker):
     cfg = RenderConfig("shapes", n=48, size=48, seed=1, shard_size=8)
     local = render_dataset(cfg, tmp_path / "local", workers=1, progress=False)
-    result = {}
-
-    def render():
-        try:
-            result["out"] = render_dataset(cfg, tmp_path / "ray", progress=False, ray=ray_local)
-        except BaseException as e:  # noqa: BLE001 (handed to the test thread)
-            result["error"] = e
-
     caplog.set_level(logging.WARNING, logger="frobnolab.cluster")
-    thread = threading.Thread(target=render)
-    thread.start()
-    killed = kill_a_busy_shard_worker(thread)
-    thread.join(timeout=180)
+    out, killed = run_killing_a_shard_worker(lambda: render_dataset(cfg, tmp_path / "ray", progress=False,
+                                                                     ray=ray_local))
     assert killed, "never saw a worker inside a shard"
-    assert "error" not in result, result.get("error")
     assert any("worker died" in r.getMessage() for r in caplog.records), "the kill did not interrupt a shard"
-    assert _files(result["out"]) == _files(local)  # retried shard complete, no leftovers, same bytes
+    assert _files(out) == _files(local)  # retried shard complete, no leftovers, same bytes
     assert not (tmp_path / "ray.partial").exists()
 
 
