@@ -12,14 +12,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from frobnolab.scenes.dataset import Dataset, split_indices
+from frobnolab.scenes.dataset import Dataset
 
 from .metrics import psnr, ssim
 
 
+def only_scene(ds: Dataset):
+    """The one scene of a single-scene dataset (only the camera varies); ValueError otherwise."""
+    if not ds.single_scene():
+        raise ValueError(f"{ds.path}: not a single-scene dataset (factors vary: "
+                         f"{', '.join(ds.varying_factors()[:5])})")
+    return ds.scene(0)
+
+
 @torch.no_grad()
 def evaluate_autoencoder(model, ds: Dataset, split: str = "test", device: str = "cpu", batch: int = 32) -> dict:
-    idx = split_indices(len(ds), split)
+    idx = ds.split(split)
     model = model.to(device).eval()
     preds, targets = [], []
     for k in range(0, len(idx), batch):
@@ -36,9 +44,8 @@ def render_views(model, ds: Dataset, idx: np.ndarray, device: str = "cpu", n_sam
                  n_importance: int = 64, chunk: int = 4096):
     """Render dataset views with a field: rgb (n, H, W, 3), depth (n, H, W), acc (n, H, W), as numpy."""
     from .field import render_rays
-    from .train import dataset_rays
 
-    o, d = dataset_rays(ds, idx)
+    o, d = ds.rays(idx)
     shape = o.shape[:3]
     o, d = torch.as_tensor(o.reshape(-1, 3), dtype=torch.float32), torch.as_tensor(d.reshape(-1, 3), dtype=torch.float32)
     outs = [render_rays(model, o[k:k + chunk].to(device), d[k:k + chunk].to(device), n_samples,
@@ -55,17 +62,15 @@ def evaluate_field(model, ds: Dataset, split: str = "test", device: str = "cpu",
                    seed: int = 0) -> dict:
     from frobnolab.scenes.queries import SceneQuery
 
-    from .train import single_scene
-
     model = model.to(device).eval()
-    idx = split_indices(len(ds), split)
+    idx = ds.split(split)
     rgb, depth, acc = render_views(model, ds, idx, device)
     gt = np.asarray(ds["rgb"][idx])
     fg = np.asarray(ds["instance"][idx]) > 0
     dist = np.asarray(ds["distance"][idx])
     p, t = torch.from_numpy(rgb).permute(0, 3, 1, 2), torch.from_numpy(gt).permute(0, 3, 1, 2)
     mask = acc > 0.5
-    scene = single_scene(ds)
+    scene = only_scene(ds)
     q = SceneQuery(scene)
     rng = np.random.default_rng(seed)
     lo, hi = np.array(model.config.aabb[0]), np.array(model.config.aabb[1])

@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from frobnolab.errors import unknown
+
 
 @dataclass(frozen=True)
 class HookPoint:
@@ -40,7 +42,7 @@ def submodule(root: nn.Module, path: str) -> nn.Module:
     try:
         return root.get_submodule(path)
     except AttributeError:
-        raise ValueError(f"no module at path {path!r} in {type(root).__name__}") from None
+        raise unknown("module path", path, [n for n, _ in root.named_modules() if n], type(root).__name__) from None
 
 
 @contextmanager

@@ -14,11 +14,13 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from frobnolab.errors import UnknownNameError, unknown
+from frobnolab.files import atomic_write, write_json
 
 TARGETS = {
     "frobnolab.models.conv_ae.ConvAutoencoder": "frobnolab.models.conv_ae.ConvAEConfig",
@@ -40,28 +42,25 @@ def target_of(model: nn.Module) -> str:
 
 def save_model(model: nn.Module, folder: str | Path, record: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``model.json`` into ``folder`` (each atomically)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"target": target_of(model), "config": dataclasses.asdict(model.config), "record": record or {}}
-    tmp = folder / f".model.safetensors.tmp-{os.getpid()}"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
-    tmp = folder / f".model.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / "model.json")
+    atomic_write(folder / "model.safetensors",
+                 save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    write_json(folder / "model.json", meta)
     return folder
 
 
 def build_model(target: str, config: dict) -> nn.Module:
     if target not in TARGETS:
-        raise ValueError(f"unknown model target {target!r} (known: {sorted(TARGETS)})")
+        raise unknown("model target", target, sorted(TARGETS))
     cfg_cls = _import(TARGETS[target])
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    unknown = set(config) - names
-    if unknown:
-        raise ValueError(f"{target}: unknown config fields {sorted(unknown)}")
+    names = [f.name for f in dataclasses.fields(cfg_cls)]
+    extra = set(config) - set(names)
+    if extra:
+        raise UnknownNameError(f"{target}: unknown config fields {sorted(extra)} (known: {', '.join(names)})")
     return _import(target)(cfg_cls(**config))
 
 
@@ -73,6 +72,8 @@ def load_model(spec: str | Path, device: str = "cpu") -> nn.Module:
     name, _, arg = spec.partition(":")
     if Path(spec).is_dir() and (Path(spec) / "model.json").is_file():
         meta = json.loads((Path(spec) / "model.json").read_text())
+        if not isinstance(meta, dict) or not {"target", "config"} <= set(meta):
+            raise ValueError(f"{Path(spec) / 'model.json'}: not a frobnolab model file (needs target and config)")
         model = build_model(meta["target"], meta["config"])
         from safetensors.torch import load_file
 
@@ -80,14 +81,16 @@ def load_model(spec: str | Path, device: str = "cpu") -> nn.Module:
     elif name in ("taesd", "taesdxl"):
         model = load_taesd(arg or None, variant=name)
     elif name == "random-taesd":
+        if not (arg or "0").isdigit():
+            raise ValueError(f"model {spec!r}: random-taesd:SEED takes a non-negative integer seed")
         model = random_taesd(int(arg or 0))
     elif name == "sd-vae":
         model = load_sd_vae(arg or None)
     elif Path(spec).exists():
         raise ValueError(f"{spec}: not a saved frobnolab model (no model.json)")
     else:
-        raise ValueError(f"unknown model {spec!r}: give a saved model folder, taesd[:PATH], taesdxl[:PATH], "
-                         "random-taesd[:SEED] or sd-vae[:SOURCE]")
+        raise UnknownNameError(f"unknown model {spec!r}: give a saved model folder, taesd[:PATH], taesdxl[:PATH], "
+                               "random-taesd[:SEED] or sd-vae[:SOURCE]")
     return model.to(device).eval()
 
 

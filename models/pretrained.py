@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from frobnolab.errors import unknown
+
 from .hooks import HookPoint
 
 TAESD_ENV = "FROBNOLAB_TAESD_DIR"
@@ -126,7 +128,7 @@ def load_taesd(source: str | Path | None = None, variant: str = "taesd") -> TAES
     from diffusers import AutoencoderTiny
 
     if variant not in TAESD_HUB:
-        raise ValueError(f"TAESD variant must be one of {sorted(TAESD_HUB)}, got {variant!r}")
+        raise unknown("TAESD variant", variant, sorted(TAESD_HUB))
     how = (f"Give the folder holding {variant}_encoder.safetensors and {variant}_decoder.safetensors with "
            f"--taesd PATH or ${TAESD_ENV}, or a diffusers folder, or connect to the hub.")
     tried: list[str] = []

@@ -9,9 +9,9 @@ evaluation against the optimal output on held-out images).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from frobnolab.scenes.dataset import Dataset, split_indices
+from frobnolab.files import atomic_write, dumps, write_json
+from frobnolab.scenes.dataset import Dataset
 
 from .conv_ae import ConvAEConfig, ConvAutoencoder
+from .evaluate import evaluate_autoencoder, evaluate_field, only_scene
 from .field import CoordinateField, FieldConfig, render_rays
 from .io import model_hash, save_model
 
@@ -34,9 +36,9 @@ def _device(name: str) -> torch.device:
 
 
 def _save_checkpoint(path: Path, **state):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def _resume(ckpt: Path, model, opt, sched, gen) -> dict | None:
@@ -62,7 +64,7 @@ def _up_to_date(out: Path, cfg, ds: Dataset) -> dict | None:
     if not meta.exists():
         return None
     rec = json.loads(meta.read_text()).get("record", {})
-    same = rec.get("train_config") == json.loads(json.dumps(dataclasses.asdict(cfg))) and \
+    same = rec.get("train_config") == json.loads(dumps(dataclasses.asdict(cfg))) and \
         rec.get("dataset_sha256") == ds.manifest["dataset_sha256"]
     return json.loads((out / "training.json").read_text()) if same and (out / "training.json").exists() else None
 
@@ -73,9 +75,7 @@ def _finish(model, out: Path, cfg, ds: Dataset, curve: list, evaluation: dict, s
               "evaluation": evaluation, "torch": torch.__version__}
     save_model(model.cpu(), out, record=record)
     record["model_sha256"] = model_hash(model)
-    tmp = out / f".training.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({**record, "curve": curve}, indent=1))
-    os.replace(tmp, out / "training.json")
+    write_json(out / "training.json", {**record, "curve": curve})
     (out / "checkpoint.pt").unlink(missing_ok=True)
     return record
 
@@ -109,7 +109,7 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
     if (done := _up_to_date(out, cfg, ds)) is not None:
         return done
     out.mkdir(parents=True, exist_ok=True)
-    train = _images(ds, split_indices(len(ds), "train"))
+    train = _images(ds, ds.split("train"))
     torch.manual_seed(cfg.seed)
     model = ConvAutoencoder(cfg.model).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -133,8 +133,6 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(),
                              gen=gen.get_state(), step=step + 1, curve=curve)
-    from .evaluate import evaluate_autoencoder
-
     evaluation = evaluate_autoencoder(model, ds, split="test", device=cfg.device)
     return _finish(model, out, cfg, ds, curve, evaluation, time.time() - t0, cfg.steps)
 
@@ -182,27 +180,6 @@ class TrainFieldConfig:
                              f"{self.samples_per_ray} and {self.importance_samples}")
 
 
-def dataset_rays(ds: Dataset, idx: np.ndarray):
-    """World rays through every pixel of images ``idx``: origins, dirs (each (n, H, W, 3)), as numpy."""
-    h, w = ds.size
-    rows, cols = np.mgrid[0:h, 0:w] + 0.5
-    K, P = ds.camera_K[idx], ds.camera_pose[idx]
-    d_cam = np.stack([(cols - K[:, None, None, 0, 2]) / K[:, None, None, 0, 0],
-                      -(rows - K[:, None, None, 1, 2]) / K[:, None, None, 1, 1], -np.ones((len(idx), h, w))], -1)
-    d = np.einsum("nhwj,nij->nhwi", d_cam, P[:, :3, :3])
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    return np.broadcast_to(P[:, None, None, :3, 3], d.shape).copy(), d
-
-
-def single_scene(ds: Dataset):
-    """The one scene of a single-scene dataset (only the camera varies); ValueError otherwise."""
-    varying = [n for j, n in enumerate(ds.factor_names)
-               if not n.startswith("camera") and np.nanstd(ds.factors[:, j]) > 0]
-    if varying:
-        raise ValueError(f"{ds.path}: not a single-scene dataset (factors vary: {', '.join(varying[:5])})")
-    return ds.scene(0)
-
-
 def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, progress: bool = True) -> dict:
     """Train :class:`CoordinateField` on a single-scene dataset; returns the training record."""
     from tqdm.auto import trange
@@ -213,10 +190,10 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
     if (done := _up_to_date(out, cfg, ds)) is not None:
         return done
     out.mkdir(parents=True, exist_ok=True)
-    scene = single_scene(ds)
+    scene = only_scene(ds)
     query = SceneQuery(scene)
-    tr = split_indices(len(ds), "train")
-    o, d = dataset_rays(ds, tr)
+    tr = ds.split("train")
+    o, d = ds.rays(tr)
     rgb = np.asarray(ds["rgb"][tr])
     fg = np.asarray(ds["instance"][tr]) > 0
     pos = np.asarray(ds["position"][tr])
@@ -277,7 +254,5 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
         if cfg.max_seconds and spent + time.time() - t0 > cfg.max_seconds:
             break
     bar.close()
-    from .evaluate import evaluate_field
-
     evaluation = evaluate_field(model, ds, split="test", device=cfg.device)
     return _finish(model, out, cfg, ds, curve, evaluation, time.time() - t0, step + 1)

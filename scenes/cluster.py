@@ -8,7 +8,9 @@ shards. This module lives in ``scenes`` because it is the lowest layer: both ren
 
 Fault handling: a worker that dies mid-shard (killed, out of memory, node lost) leaves at most a temporary folder,
 never a shard; a fresh actor replaces it and the shard goes back to the front of the queue, up to ``retries`` times.
-An exception raised by the shard function itself (bad input) is not retried: it is raised here, once.
+An exception raised by the shard function itself (bad input) is not retried: it is raised here, once. So is one
+raised by a worker's set-up (``init``: an unknown concept, a missing model), with its own type and message: the
+worker stays alive to hand it over instead of dying and being retried as a lost worker.
 
 On a cluster of several machines the run's output folder and its inputs (family file, dataset, model folder) must be
 at the same path on every node (a shared filesystem) and frobnolab installed in every node's Python; the driver
@@ -107,15 +109,40 @@ def check_gpus(cfg: RayConfig, num_gpus: float) -> dict:
     return res
 
 
+class SetupFailed:
+    """What a worker whose ``init`` raised returns for every shard: the exception, for the driver to raise."""
+
+    def __init__(self, error: BaseException):
+        import traceback
+
+        self.traceback = (f"raised in the set-up of a Ray worker on {socket.gethostname()}:\n"
+                          + "".join(traceback.format_exception(error)).rstrip())
+        from ray import cloudpickle  # how Ray will carry it to the driver
+
+        try:
+            cloudpickle.loads(cloudpickle.dumps(error))
+        except Exception:  # noqa: BLE001 - an exception that does not travel: its type and text do
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
 class _ShardWorker:
-    """One Ray actor: runs ``init(*init_args)`` once, then shard after shard."""
+    """One Ray actor: runs ``init(*init_args)`` once, then shard after shard. If ``init`` raises, the actor keeps
+    the error and returns it for its first shard (an actor whose constructor raises dies, and a dead worker is
+    retried)."""
 
     def __init__(self, cwd: str, init: Callable, init_args: tuple):
+        self.setup_failed = None
         if os.path.isdir(cwd):  # relative paths mean the same on a worker as on the driver
             os.chdir(cwd)
-        init(*init_args)
+        try:
+            init(*init_args)
+        except Exception as e:  # noqa: BLE001 - handed to the driver, raised there once
+            self.setup_failed = SetupFailed(e)
 
     def run(self, fn: Callable, job):
+        if self.setup_failed is not None:
+            return self.setup_failed, socket.gethostname()
         return fn(job), socket.gethostname()
 
 
@@ -166,6 +193,9 @@ def run_shards(cfg: RayConfig, fn: Callable, jobs: Sequence, *, init: Callable, 
                 continue
             except RayTaskError as e:  # the shard function raised: bad input, not a lost worker
                 raise e.as_instanceof_cause() from None
+            if isinstance(result, SetupFailed):  # the worker's set-up raised: an error, not a lost worker
+                result.error.add_note(result.traceback)
+                raise result.error
             if check is not None and not check(job):
                 raise RuntimeError(f"shard {job!r} was written on {host} but is not visible here on "
                                    f"{socket.gethostname()}: on a cluster the output folder must be on a filesystem "

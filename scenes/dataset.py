@@ -2,7 +2,7 @@
 
 Layout of a dataset folder::
 
-    manifest.json           schema (each buffer's dtype, shape, units, meaning), family, seed, versions, hashes
+    manifest.json           schema (each buffer's dtype, shape, units, meaning), family, seed, split, versions, hashes
     provenance.json         when, where and how it was made (not hashed: it differs between identical runs)
     preview.png             a contact sheet of the first images and their ground truth
     family.yaml             the family file's text, as rendered
@@ -14,6 +14,9 @@ Layout of a dataset folder::
 Rendering works shard by shard in worker processes, into ``OUT.partial/``; each finished shard is renamed into
 place atomically, so an interrupted render resumes with the shards it lacks. Only when every shard is done is the
 folder renamed to ``OUT``: a dataset is never left half-written under its final name.
+
+The dataset owns its train/test split (``holdout_every`` in the manifest: :meth:`Dataset.split`,
+:meth:`Dataset.is_held_out`) and its cameras' rays (:meth:`Dataset.rays`); every stage asks it for them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from frobnolab.errors import unknown
+from frobnolab.files import atomic_folder, dumps, sweep_temporaries, write_json
 
 FORMAT = "frobnolab.dataset/1"
 SHARDS = "shards"
@@ -50,9 +56,12 @@ class RenderConfig:
     """Dataset seed; image i draws from a generator seeded by (seed, i)."""
     shard_size: int = 16
     """Images per shard (one chunk of every array, one unit of parallel work and of resumption)."""
+    holdout_every: int = 8
+    """Every this many images, the last is held out: image i is a test image when i % holdout_every ==
+    holdout_every - 1 (recorded in the manifest; training, extraction and scoring all split by it)."""
 
     def check(self):
-        for name, lo in (("n", 1), ("shard_size", 1)):
+        for name, lo in (("n", 1), ("shard_size", 1), ("holdout_every", 2)):
             v = getattr(self, name)
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -82,12 +91,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes | str):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------------------ writing
 
 _WORKER: dict = {}
@@ -99,6 +102,21 @@ def _init_worker(family_path: str, size: int):
 
     _WORKER["family"] = load_family(family_path)
     _WORKER["renderer"] = Renderer(size)
+
+
+def _init_pool_worker(family_path: str, size: int):
+    """A pool worker's set-up: an error is kept and raised by the worker's first shard, so that the driver gets
+    the real exception (an initializer that raises only breaks the pool: "a process terminated abruptly")."""
+    try:
+        _init_worker(family_path, size)
+    except Exception as e:  # noqa: BLE001 - handed to the driver through the first shard
+        _WORKER["setup_error"] = e
+
+
+def _render_pool_shard(args) -> int:
+    if "setup_error" in _WORKER:
+        raise _WORKER["setup_error"]
+    return _render_shard(args)
 
 
 def _render_shard(args) -> int:
@@ -119,16 +137,12 @@ def _render_shard(args) -> int:
         Ks.append(scene.camera.K)
         poses.append(scene.camera.pose)
         factors.append(scene.factors)
-    final = Path(work) / SHARDS / f"{shard:06d}"
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for b in BUFFERS:
-        np.save(tmp / f"{b.name}.npy", np.stack(bufs[b.name]).astype(b.dtype))
-    np.save(tmp / "camera_K.npy", np.stack(Ks))
-    np.save(tmp / "camera_pose.npy", np.stack(poses))
-    (tmp / "factors.json").write_text(json.dumps(factors, sort_keys=True))
-    os.replace(tmp, final)
+    with atomic_folder(Path(work) / SHARDS / f"{shard:06d}") as tmp:
+        for b in BUFFERS:
+            np.save(tmp / f"{b.name}.npy", np.stack(bufs[b.name]).astype(b.dtype))
+        np.save(tmp / "camera_K.npy", np.stack(Ks))
+        np.save(tmp / "camera_pose.npy", np.stack(poses))
+        (tmp / "factors.json").write_text(dumps([dict(sorted(f.items())) for f in factors], indent=None))
     return hi - lo
 
 
@@ -158,7 +172,7 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
     out = Path(out)
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
-        if old.get("key") == key:
+        if old.get("key") == key and old.get("holdout_every", RenderConfig.holdout_every) == cfg.holdout_every:
             return out
         if not force:
             raise FileExistsError(f"{out}: a different dataset is already there (use --force to replace it)")
@@ -172,7 +186,7 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
     if work.exists() and (not plan.exists() or json.loads(plan.read_text()) != key):
         shutil.rmtree(work)  # a partial render of something else: not resumable
     (work / SHARDS).mkdir(parents=True, exist_ok=True)
-    _atomic_write(plan, json.dumps(key))
+    write_json(plan, key, indent=None)
 
     n_shards = -(-cfg.n // cfg.shard_size)
     todo = [s for s in range(n_shards) if not (work / SHARDS / f"{s:06d}").is_dir()]
@@ -205,10 +219,10 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
 
             # spawn: GL contexts do not survive fork. An executor, not mp.Pool: a worker that dies (killed, out of
             # memory, a crash in the GL driver) breaks the run with an error instead of hanging it.
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_pool_worker,
                                      initargs=(str(family.path), size)) as pool:
                 try:
-                    for fut in as_completed([pool.submit(_render_shard, job) for job in jobs]):
+                    for fut in as_completed([pool.submit(_render_pool_shard, job) for job in jobs]):
                         bar.update(fut.result())
                 except BrokenProcessPool:
                     raise RuntimeError(f"a render worker process died (killed, out of memory or crashed); the "
@@ -225,8 +239,7 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
 
 def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffers, command: str, seconds: float,
               executor: str = ""):
-    for stray in (work / SHARDS).glob(".*.tmp-*"):  # what a worker killed mid-write left behind
-        shutil.rmtree(stray, ignore_errors=True)
+    sweep_temporaries(work / SHARDS)  # what a worker killed mid-write left behind
     shards = sorted(p for p in (work / SHARDS).iterdir() if p.is_dir() and not p.name.startswith("."))
     factor_rows: list[dict] = []
     for s in shards:
@@ -236,7 +249,7 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
     np.save(work / "factors.npy", factors.reshape(len(factor_rows), len(names)))
     for name in ("camera_K", "camera_pose"):
         np.save(work / f"{name}.npy", np.concatenate([np.load(s / f"{name}.npy") for s in shards]))
-    (work / "family.yaml").write_text(family.source)
+    (work / "family.yaml").write_text(family.source, encoding="utf-8")
     from .preview import contact_sheet
 
     first_shard = {b.name: np.load(shards[0] / f"{b.name}.npy", mmap_mode="r") for b in buffers}
@@ -257,6 +270,7 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
         "key": key,
         "family": {"name": family.name, "file": "family.yaml", "sha256": family.sha256, "source": str(family.path)},
         "n": cfg.n, "height": int(h), "width": int(w), "seed": cfg.seed, "shard_size": cfg.shard_size,
+        "holdout_every": cfg.holdout_every,
         "shards": [s.name for s in shards],
         "buffers": [{"name": b.name, "dtype": b.dtype,
                      "shape": ["N", int(h), int(w)] + ([b.channels] if b.channels else []),
@@ -269,33 +283,34 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
         "sha256": hashes,
     }
     manifest["dataset_sha256"] = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
-    _atomic_write(work / "manifest.json", json.dumps(manifest, indent=1))
-    _atomic_write(work / "provenance.json", json.dumps({
+    write_json(work / "manifest.json", manifest)
+    write_json(work / "provenance.json", {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "command": command,
-        "render_seconds": round(seconds, 3), "executor": executor,
-        "argv": sys.argv}, indent=1))
+        "render_seconds": round(seconds, 3), "executor": executor, "argv": sys.argv})
     (work / "plan.json").unlink()
     os.replace(work, out)
 
 
 # ------------------------------------------------------------------------------------------------------------ reading
 
-HOLDOUT_EVERY = 8  # image i is held out (test) when i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+SPLITS = ("train", "test", "all")
 
 
-def split_indices(n: int, part: str) -> np.ndarray:
-    """Image indices of ``part`` ("train", "test" or "all") of an n-image dataset: every 8th image is test, so the
-    split does not depend on n and every stage (training, extraction, scoring) agrees on it."""
+def is_held_out(images, every: int) -> np.ndarray:
+    """Whether each image index is held out (a test image): ``i % every == every - 1``. The one split rule: it does
+    not depend on the number of images, so every stage (training, extraction, scoring) agrees on it."""
+    return np.asarray(images) % every == every - 1
+
+
+def split_indices(n: int, part: str, every: int = RenderConfig.holdout_every) -> np.ndarray:
+    """Image indices of ``part`` ("train", "test" or "all") of an n-image dataset split by :func:`is_held_out`."""
+    if part not in SPLITS:
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {part!r}")
     idx = np.arange(n)
     if part == "all":
         return idx
-    test = idx % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-    if part == "test":
-        return idx[test]
-    if part == "train":
-        return idx[~test]
-    raise ValueError(f"split must be 'train', 'test' or 'all', got {part!r}")
-
+    test = is_held_out(idx, every)
+    return idx[test] if part == "test" else idx[~test]
 
 
 class ChunkedArray:
@@ -373,8 +388,44 @@ class Dataset:
 
     def __getitem__(self, name: str) -> ChunkedArray:
         if name not in self._arrays:
-            raise KeyError(f"no buffer {name!r} in {self.path} (has: {', '.join(self._arrays)})")
+            raise unknown("buffer", name, self._arrays, str(self.path))
         return self._arrays[name]
+
+    # -------------------------------------------------------------------------------------------------- split
+
+    @property
+    def holdout_every(self) -> int:
+        """The split's period (see :attr:`RenderConfig.holdout_every`); datasets written before it was recorded
+        used the default."""
+        return int(self.manifest.get("holdout_every", RenderConfig.holdout_every))
+
+    def is_held_out(self, images) -> np.ndarray:
+        """Whether each of these image indices is a held-out (test) image."""
+        return is_held_out(images, self.holdout_every)
+
+    def split(self, part: str) -> np.ndarray:
+        """Image indices of ``part``: "train", "test" or "all"."""
+        return split_indices(len(self), part, self.holdout_every)
+
+    # -------------------------------------------------------------------------------------------- cameras, scenes
+
+    def rays(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """World rays through every pixel centre of images ``idx`` (indices, a slice or a mask): origins and unit
+        directions, each float64 ``(len(idx), H, W, 3)``, from the stored cameras (the maths of
+        :meth:`frobnolab.scenes.scene.Camera.pixel_rays`, :func:`frobnolab.scenes.scene.pixel_rays`)."""
+        from .scene import pixel_rays
+
+        idx = np.atleast_1d(np.arange(len(self))[idx])
+        return pixel_rays(self.camera_K[idx], self.camera_pose[idx], *self.size)
+
+    def varying_factors(self) -> list[str]:
+        """Names of the scene factors (not the camera's) that are not one constant over the dataset."""
+        return [n for j, n in enumerate(self.factor_names)
+                if not n.startswith("camera") and not np.nanstd(self.factors[:, j]) == 0]
+
+    def single_scene(self) -> bool:
+        """Whether every image shows the same scene (only the camera's factors vary)."""
+        return not self.varying_factors()
 
     def image(self, i: int) -> dict[str, np.ndarray]:
         """Every buffer of image ``i``."""

@@ -147,14 +147,18 @@ def load_family(name_or_path: str | Path) -> Family:
     if not path.suffix and not path.exists():
         path = FAMILY_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise S.FamilyError(str(name_or_path), "", f"no such family (shipped: {', '.join(shipped_families())})")
+            raise S.UnknownFamilyError(str(name_or_path), "", f"no such family (known: "
+                                       f"{', '.join(shipped_families())}; or give the path of a family file)")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise S.FamilyError(str(path), "", f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise S.FamilyError(str(path), "", f"not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} "
+                            "is not UTF-8); a family file is YAML or TOML text") from None
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise S.FamilyError(str(path), "", f"not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
                             f"{str(e).splitlines()[0]}") from None
     spec = S.run_check(_schema(path.parent), raw, str(path))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from frobnolab.files import atomic_write
 
 COLUMNS = ("rgb", "albedo", "shading", "specular", "normal_cam", "depth", "instance", "shadow", "edges")
 
@@ -59,8 +62,6 @@ def contact_sheet(images: list[dict], path: str | Path, scale: int = 2) -> Path:
     out = Image.new("RGB", (grid.shape[1], grid.shape[0] + 14), "white")
     out.paste(header, (0, 0))
     out.paste(Image.fromarray(grid), (0, 14))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    out.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return atomic_write(path, buf.getvalue())

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
+from frobnolab.errors import unknown
+
 #: Shape classes, in the order of the ``shape_class`` buffer (0 is the background).
 SHAPE_CLASSES = ("background", "floor", "sphere", "box", "cylinder", "cone", "torus", "capsule", "mesh")
 ANALYTIC_SHAPES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
@@ -106,7 +108,7 @@ class Primitive:
         elif self.shape == "torus":
             m = trimesh.creation.torus(1.0, self.minor, major_sections=96, minor_sections=48)
         else:
-            raise ValueError(f"unknown primitive shape {self.shape!r}")
+            raise unknown("primitive shape", self.shape, ANALYTIC_SHAPES + ("floor",))
         m.apply_transform(_Z_TO_Y)
         return m
 
@@ -134,7 +136,7 @@ class Primitive:
             return np.hypot(r - 1.0, y) - self.minor
         if s == "cone":
             return _capped_cone(r, y, self.aspect, 1.0, 0.0)
-        raise ValueError(f"unknown primitive shape {s!r}")
+        raise unknown("primitive shape", s, ANALYTIC_SHAPES + ("floor",))
 
     def normal(self, p_N3: np.ndarray, h: float = 1e-5) -> np.ndarray:
         """Unit outward normal: the normalised gradient of the SDF (central differences), ``(N, 3)``."""

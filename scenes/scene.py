@@ -153,12 +153,8 @@ class Camera:
 
     def pixel_rays(self):
         """World ray origins and unit directions, ``(H, W, 3)`` each, through every pixel centre."""
-        K = self.K
-        rows, cols = np.mgrid[0 : self.height, 0 : self.width] + 0.5
-        d_cam = np.stack([(cols - K[0, 2]) / K[0, 0], -(rows - K[1, 2]) / K[1, 1], -np.ones_like(rows)], -1)
-        d_world = d_cam @ self.pose[:3, :3].T
-        d_world /= np.linalg.norm(d_world, axis=-1, keepdims=True)
-        return np.broadcast_to(self.center, d_world.shape).copy(), d_world
+        o, d = pixel_rays(self.K[None], self.pose[None], self.height, self.width)
+        return o[0], d[0]
 
     def unproject(self, depth_HW: np.ndarray) -> np.ndarray:
         """World positions ``(H, W, 3)`` of pixels with z-depth ``depth_HW`` (z measured along -z_cam)."""
@@ -166,6 +162,20 @@ class Camera:
         rows, cols = np.mgrid[0 : self.height, 0 : self.width] + 0.5
         p_cam = np.stack([(cols - K[0, 2]) / K[0, 0] * depth_HW, -(rows - K[1, 2]) / K[1, 1] * depth_HW, -depth_HW], -1)
         return p_cam @ self.pose[:3, :3].T + self.pose[:3, 3]
+
+
+def pixel_rays(K_N33: np.ndarray, pose_N44: np.ndarray, height: int, width: int):
+    """World ray origins and unit directions, ``(N, H, W, 3)`` each, through every pixel centre of N cameras with
+    intrinsics ``K`` (pixel centres at +0.5) and camera-to-world poses (OpenGL convention). The one home of this
+    maths: :meth:`Camera.pixel_rays` and ``Dataset.rays`` both call it."""
+    K, P = np.asarray(K_N33, dtype=np.float64), np.asarray(pose_N44, dtype=np.float64)
+    rows, cols = np.mgrid[0:height, 0:width] + 0.5
+    d_cam = np.stack([(cols - K[:, None, None, 0, 2]) / K[:, None, None, 0, 0],
+                      -(rows - K[:, None, None, 1, 2]) / K[:, None, None, 1, 1], -np.ones((len(K), height, width))],
+                     -1)
+    d = np.einsum("nhwj,nij->nhwi", d_cam, P[:, :3, :3])
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    return np.broadcast_to(P[:, None, None, :3, 3], d.shape).copy(), d
 
 
 def orient_towards(normal_N3: np.ndarray, view_N3: np.ndarray) -> np.ndarray:

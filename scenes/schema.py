@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from frobnolab.errors import UnknownNameError
+
 DIST_KINDS = ("uniform", "normal", "randint", "choice")
 
 
@@ -30,6 +32,13 @@ class FamilyError(ValueError):
     def __init__(self, file: str, path: str, reason: str):
         self.file, self.path, self.reason = str(file), path or "<top>", reason
         super().__init__(f"{self.file}: {self.path}: {reason}")
+
+    def __reduce__(self):  # picklable, so that a worker process can hand it to the driver
+        return type(self), (self.file, self.path, self.reason)
+
+
+class UnknownFamilyError(FamilyError, UnknownNameError):
+    """A family name that is neither a shipped family nor a file."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from frobnolab.errors import unknown
+
 #: Material classes, in the order of the ``material`` buffer (0 is the background).
 MATERIAL_CLASSES = ("background", "plain", "checker", "stripes", "noise", "image")
 
@@ -44,7 +46,7 @@ class Texture:
         elif self.kind == "noise":
             t = value_noise(p * self.scale, self.seed)
         else:
-            raise ValueError(f"unknown texture kind {self.kind!r}")
+            raise unknown("texture kind", self.kind, ("plain", "image", "checker", "stripes", "noise"))
         return (1 - t)[:, None] * color + t[:, None] * self.color2
 
 

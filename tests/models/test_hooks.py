@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from frobnolab.errors import UnknownNameError
 from frobnolab.models.conv_ae import ConvAEConfig, ConvAutoencoder
 from frobnolab.models.field import CoordinateField, FieldConfig
 from frobnolab.models.hooks import capture, hook_count
@@ -59,7 +60,7 @@ def test_hooks_are_removed_even_when_the_forward_raises():
         with capture(m, ["encoder.0"]):
             raise RuntimeError("boom")
     assert hook_count(m) == 0
-    with pytest.raises(ValueError, match="no module at path"):
+    with pytest.raises(UnknownNameError, match=r"unknown module path 'nope.3' in ConvAutoencoder \(known: .*encoder"):
         with capture(m, ["encoder.0", "nope.3"]):
             pass
     assert hook_count(m) == 0

@@ -68,7 +68,18 @@ def test_missing_sd_vae_fails_fast_and_says_where_it_looked(tmp_path, monkeypatc
 
 
 def test_unknown_model_spec_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown model"):
+    from frobnolab.errors import UnknownNameError
+    from frobnolab.models.io import build_model
+
+    with pytest.raises(UnknownNameError, match="unknown model"):
         load_model("resnet50")
     with pytest.raises(ValueError, match="no model.json"):
         load_model(tmp_path)
+    with pytest.raises(UnknownNameError, match="known: frobnolab.models"):
+        build_model("torchvision.ResNet", {})
+    with pytest.raises(UnknownNameError, match="unknown config fields .'depth'.*known: channels"):
+        build_model("frobnolab.models.conv_ae.ConvAutoencoder", {"depth": 3})
+    with pytest.raises(UnknownNameError, match="known: taesd, taesdxl"):
+        load_taesd(tmp_path, variant="taesd3")
+    with pytest.raises(ValueError, match="integer seed"):
+        load_model("random-taesd:abc")

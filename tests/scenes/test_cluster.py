@@ -46,6 +46,41 @@ def test_shard_errors_are_raised_once_not_retried(ray_local):
         list(run_shards(ray_local, int, ["1", "x"], init=print))
 
 
+def test_a_worker_set_up_error_is_raised_once_with_its_message(ray_local, caplog):
+    import time
+
+    def bad_init():  # defined here, so that Ray carries it by value
+        raise ValueError("bad concept xyz")
+
+    caplog.set_level(logging.WARNING, logger="frobnolab.cluster")
+    t0 = time.monotonic()
+    with pytest.raises(ValueError) as e:
+        list(run_shards(ray_local, int, [str(i) for i in range(8)], init=bad_init))
+    assert type(e.value) is ValueError and str(e.value) == "bad concept xyz"  # the original, not a Ray wrapper
+    assert any("set-up of a Ray worker" in note for note in e.value.__notes__)
+    assert not [r for r in caplog.records if "worker died" in r.getMessage()]  # not retried as a dead worker
+    assert time.monotonic() - t0 < 60
+
+
+def test_a_render_worker_set_up_error_is_raised_with_its_message(ray_local, tmp_path, monkeypatch):
+    from frobnolab.scenes import family as F
+    from frobnolab.scenes import FamilyError
+
+    fam = tmp_path / "fam.yaml"
+    fam.write_text("name: t\nobjects: [{shape: sphere}]\n")
+    real = F.load_family
+
+    def load_then_remove(path):  # the driver validates the file; then it goes, so each worker's set-up fails
+        out = real(path)
+        fam.unlink(missing_ok=True)
+        return out
+
+    monkeypatch.setattr(F, "load_family", load_then_remove)
+    with pytest.raises(FamilyError, match=f"{fam}.*cannot read"):
+        render_dataset(RenderConfig(str(fam), n=4, size=16, shard_size=2), tmp_path / "d", progress=False,
+                       ray=ray_local)
+
+
 def test_bad_ray_options_are_refused():
     with pytest.raises(ValueError, match="workers"):
         RayConfig(workers=-1).check()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from frobnolab.cli import main
+from frobnolab.errors import UnknownNameError
 from frobnolab.scenes import dataset as D
 from frobnolab.scenes.dataset import Dataset, RenderConfig, render_dataset
 from frobnolab.scenes.render import BUFFERS, Renderer
@@ -45,7 +46,7 @@ def test_reader_slices_match_a_direct_render(ds_path):
     np.testing.assert_allclose(ds.camera_pose[6], scene.camera.pose)
     assert ds.factors.shape == (10, len(ds.factor_names))
     assert np.isnan(ds.factors).any()  # clutter has a varying object count
-    with pytest.raises(KeyError, match="no buffer"):
+    with pytest.raises(UnknownNameError, match="unknown buffer 'nope'.*known: rgb"):
         ds["nope"]
 
 
@@ -144,3 +145,74 @@ def test_a_killed_render_worker_stops_the_run_with_an_error_and_it_resumes(ds_pa
     ref = render_dataset(cfg, tmp_path / "ref", workers=1, progress=False)
     assert json.loads((out / "manifest.json").read_text())["dataset_sha256"] == \
         json.loads((ref / "manifest.json").read_text())["dataset_sha256"]
+
+
+def test_a_render_worker_set_up_error_is_raised_with_its_message(tmp_path, monkeypatch):
+    from frobnolab.scenes import FamilyError
+    from frobnolab.scenes import family as F
+
+    fam = tmp_path / "fam.yaml"
+    fam.write_text("name: t\nobjects: [{shape: sphere}]\n")
+    real = F.load_family
+
+    def load_then_remove(path):  # the driver validates the file; then it goes, so each worker's set-up fails
+        out = real(path)
+        fam.unlink(missing_ok=True)
+        return out
+
+    monkeypatch.setattr(F, "load_family", load_then_remove)
+    with pytest.raises(FamilyError, match=f"{fam}.*cannot read"):  # not "a render worker process died"
+        render_dataset(RenderConfig(str(fam), n=4, size=16, shard_size=2), tmp_path / "d", workers=2, progress=False)
+
+
+def test_the_dataset_owns_its_split(ds_path, tmp_path):
+    ds = Dataset(ds_path)
+    assert ds.holdout_every == 8 and json.loads((ds_path / "manifest.json").read_text())["holdout_every"] == 8
+    assert ds.split("test").tolist() == [7] and ds.split("train").tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    assert ds.split("all").tolist() == list(range(10))
+    assert ds.is_held_out(np.arange(17)).tolist() == [i % 8 == 7 for i in range(17)]
+    assert D.split_indices(10, "test").tolist() == [7] and D.is_held_out([3, 15], 4).tolist() == [True, True]
+    with pytest.raises(ValueError, match="split must be"):
+        ds.split("val")
+    # a dataset written before the split was recorded: the default rule
+    old = tmp_path / "old"
+    old.mkdir()
+    for p in ds_path.iterdir():
+        (old / p.name).symlink_to(p)
+    (old / "manifest.json").unlink()
+    m = json.loads((ds_path / "manifest.json").read_text())
+    del m["holdout_every"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert Dataset(old).holdout_every == 8 and Dataset(old).split("test").tolist() == [7]
+
+
+def test_holdout_every_is_a_config_parameter(ds_path, tmp_path):
+    cfg = RenderConfig("clutter", n=10, size=24, seed=3, shard_size=4, holdout_every=3)
+    out = render_dataset(cfg, tmp_path / "h3", workers=1, progress=False)
+    ds = Dataset(out)
+    assert ds.holdout_every == 3 and ds.split("test").tolist() == [2, 5, 8]
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (ds_path, out))
+    assert a["dataset_sha256"] == b["dataset_sha256"]  # the same arrays
+    assert {k: v for k, v in a.items() if k != "holdout_every"} == {k: v for k, v in b.items() if k != "holdout_every"}
+    with pytest.raises(FileExistsError, match="different dataset"):  # another split is another dataset
+        render_dataset(RenderConfig("clutter", n=10, size=24, seed=3, shard_size=4), out, workers=1, progress=False)
+    for bad in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="holdout_every must be an integer >= 2"):
+            RenderConfig("clutter", holdout_every=bad).check()
+
+
+def test_rays_are_the_scene_cameras_rays(ds_path):
+    ds = Dataset(ds_path)
+    o, d = ds.rays([6, 2])
+    assert o.shape == d.shape == (2, 24, 24, 3) and o.dtype == d.dtype == np.float64
+    for k, i in enumerate([6, 2]):
+        oc, dc = ds.scene(i).camera.pixel_rays()
+        assert o[k].tobytes() == oc.tobytes() and d[k].tobytes() == dc.tobytes()
+    np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0)
+    all_o, all_d = ds.rays(np.arange(len(ds)))
+    assert all_d[[6, 2]].tobytes() == d.tobytes()  # a ray does not depend on which other images are asked for
+
+
+def test_single_scene(ds_path, tiny_single):
+    assert not Dataset(ds_path).single_scene() and "object_count" in Dataset(ds_path).varying_factors()
+    assert Dataset(tiny_single).single_scene() and Dataset(tiny_single).varying_factors() == []

@@ -23,7 +23,10 @@ VALID = {
 
 def write(tmp_path, data, name="fam.yaml"):
     p = tmp_path / name
-    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    if isinstance(data, bytes):
+        p.write_bytes(data)
+    else:
+        p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return p
 
 
@@ -102,6 +105,8 @@ BAD = [
     (_with(["name"], KeyError), "name", "required"),
     ("name: [unclosed", "<top>", "not valid YAML"),
     ("- just\n- a list\n", "<top>", "expected a mapping"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "<top>", "not a text file"),  # a PNG as x.yaml
+    ("name: t\n".encode() + "caf\u00e9".encode("latin-1"), "<top>", "byte 0xe9 at offset 11 is not UTF-8"),
 ]
 
 
@@ -113,6 +118,21 @@ def test_bad_family_files_name_file_field_and_reason(tmp_path, data, path, reaso
     assert e.value.path == path
     assert reason in e.value.reason
     assert str(p) in str(e.value)
+
+
+def test_binary_family_file_is_one_line_naming_it(tmp_path):
+    p = write(tmp_path, b"\x89PNG\r\n\x1a\n" + bytes(64), name="x.toml")
+    with pytest.raises(FamilyError) as e:
+        load_family(p)
+    assert str(p) in str(e.value) and "0x89" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_unknown_family_name_lists_the_shipped_ones():
+    from frobnolab.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="no such family") as e:
+        load_family("no-such-family")
+    assert isinstance(e.value, FamilyError) and all(name in str(e.value) for name in shipped_families())
 
 
 def test_unreadable_texture_file_is_reported(tmp_path):
