@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from frobnolab.errors import unknown
 from frobnolab.scenes.primitives import SHAPE_CLASSES
 from frobnolab.scenes.textures import MATERIAL_CLASSES
 
@@ -72,17 +73,56 @@ def register(concept: Concept, replace: bool = False) -> Concept:
     return concept
 
 
+def load(spec: str) -> Concept:
+    """The concept an import path ``module:function`` names (a function returning a Concept, or a Concept),
+    registered here under its name: this is how a custom concept reaches every extraction worker."""
+    import importlib
+
+    mod, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"concept {spec!r}: cannot import it ({e})") from None
+    concept = obj if isinstance(obj, Concept) else obj()
+    if not isinstance(concept, Concept):
+        raise ValueError(f"concept {spec!r}: {attr} gave a {type(concept).__name__}, not a Concept")
+    if REGISTRY.get(concept.name) is not concept:
+        register(concept, replace=True)
+    return concept
+
+
 def get(names: list[str] | None = None, domain: str = "pixel") -> list[Concept]:
-    """Registered concepts usable in ``domain`` ("pixel" or "point"), all or the named ones."""
+    """Registered concepts usable in ``domain`` ("pixel" or "point"), all or the named ones (names, or import
+    paths ``module:function``, see :func:`load`)."""
     if names is None:
         return [c for c in REGISTRY.values() if getattr(c, domain) is not None]
     out = []
     for n in names:
-        if n not in REGISTRY:
-            raise ValueError(f"unknown concept {n!r} (known: {', '.join(REGISTRY)})")
-        if getattr(REGISTRY[n], domain) is None:
+        if ":" in n:
+            out.append(load(n))
+            n = out[-1].name
+        elif n not in REGISTRY:
+            raise unknown("concept", n, REGISTRY)
+        else:
+            out.append(REGISTRY[n])
+        if getattr(out[-1], domain) is None:
             raise ValueError(f"concept {n!r} has no {domain} definition")
-        out.append(REGISTRY[n])
+    return out
+
+
+def binary_masks(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Binary masks of concepts' per-pixel values ``{name: (B, H, W)}``: a binary concept where it holds, a
+    categorical one per class present (``name=class``). Continuous concepts have none."""
+    out = {}
+    for name, v in values.items():
+        c = REGISTRY[name]
+        if c.kind == "binary":
+            out[name] = np.asarray(v) >= 0.5
+        elif c.kind == "categorical":
+            for k, cls in enumerate(c.classes):
+                m = np.asarray(v) == k
+                if m.any():
+                    out[f"{name}={cls}"] = m
     return out
 
 

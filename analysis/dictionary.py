@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from frobnolab.scenes.dataset import Dataset
-
 
 def mcc(corr_FG: np.ndarray) -> float:
     c = np.abs(np.nan_to_num(corr_FG))
@@ -104,16 +102,18 @@ def stability(sae_a, sae_b, acts: np.ndarray) -> float:
     return float(c[r, k].mean())
 
 
-def dictionary_scores(table: dict, summary: dict, store, hook: str, sae, other_sae, cfg) -> dict:
-    from .sae_eval import held_out_acts
-
+def dictionary_scores(scores, store, hook: str, sae, other_sae=None) -> dict:
+    """MCC, coverage, MIG, DCI (and stability with ``other_sae``) of a scored SAE (``scores``: a
+    :class:`~frobnolab.analysis.score.Scores`)."""
+    table, summary = scores.table, scores.summary
     alive = np.asarray(table["freq"]) > 0
-    out = {"mcc": mcc(summary["_corr"][alive]) if alive.any() else float("nan"),
+    out = {"mcc": mcc(scores.corr[alive]) if alive.any() else float("nan"),
            "coverage": coverage(summary["single_r2"], alive)}
-    ds = Dataset(store.manifest["dataset"])
-    img_sum = summary["_img_sum"]
+    ds = store.dataset
+    img_sum = scores.image_sums
     images = np.array(sorted(img_sum))
-    counts = np.bincount(np.asarray(store[hook].where)[:, 0], minlength=len(ds))
+    tokens = store[hook]
+    counts = np.bincount(np.asarray(tokens.where)[:, 0], minlength=len(ds))
     codes = np.stack([img_sum[i][: len(alive)] for i in images]) / np.maximum(counts[images], 1)[:, None]
     codes = codes[:, alive]
     fac = ds.factors[images]
@@ -123,5 +123,5 @@ def dictionary_scores(table: dict, summary: dict, store, hook: str, sae, other_s
     out["mig"] = mig(codes, fac[:, keep]) if keep.any() else float("nan")
     out["dci"] = dci(codes, fac[:, keep]) if keep.any() else {}
     if other_sae is not None:
-        out["stability"] = stability(sae, other_sae, held_out_acts(store, hook, max_tokens=50_000))
+        out["stability"] = stability(sae, other_sae, tokens.activations("test", max_tokens=50_000))
     return out

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from frobnolab.scenes.dataset import Dataset
+from frobnolab.files import atomic_folder
 
+from .report import feature_figure, feature_maps, save_figure
 from .score import read_table
 from .store import ActivationStore
 
@@ -29,15 +28,14 @@ TABLE_COLUMNS = ("feature", "freq", "named_concept", "named_r2", "pair", "pair_r
                  "causal_est", "gap", "frob", "candidate", "lands_on")
 
 
-@dataclass
 class Run:
-    """A scored run: the scores folder, its store, SAE, model and dataset."""
+    """A scored run: the scores folder, its table and summary; its store, SAE, model, dataset, held-out activations
+    and probe are loaded once, when first asked for."""
 
-    scores: Path
-    table: dict
-    summary: dict
+    def __init__(self, scores: Path, table: dict, summary: dict):
+        self.scores, self.table, self.summary = scores, table, summary
 
-    @property
+    @cached_property
     def store(self) -> ActivationStore:
         return ActivationStore(self.summary["store"])
 
@@ -45,19 +43,31 @@ class Run:
     def hook(self) -> str:
         return self.summary["hook"]
 
+    @cached_property
     def sae(self):
         from .sae import load_sae
 
         return load_sae(self.summary["sae"])
 
+    @cached_property
     def model(self):
-        from frobnolab.models.io import load_model
-
-        return load_model(self.store.manifest["model"])
+        return self.store.load_model()
 
     @property
-    def dataset(self) -> Dataset:
-        return Dataset(self.store.manifest["dataset"])
+    def dataset(self):
+        return self.store.dataset
+
+    @cached_property
+    def held_out_acts(self) -> np.ndarray:
+        """Up to 50,000 held-out activations of the hook (for histograms)."""
+        return self.store[self.hook].activations("test", max_tokens=50_000)
+
+    @cached_property
+    def probe(self):
+        """A causal probe on the first held-out image (for the ablation panels)."""
+        from .probe import CausalProbe
+
+        return CausalProbe(self.model, self.sae, self.store, self.hook, n_images=1)
 
 
 def load_run(path: str | Path, which: str = "scores") -> Run:
@@ -80,13 +90,7 @@ def shown_features(run: Run, n: int = 24) -> list[int]:
 
 
 def _save(fig, path: Path):
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _mpl():
@@ -98,13 +102,10 @@ def _mpl():
     return plt
 
 
-def histogram_figure(run: Run, feature: int, path: Path, max_tokens: int = 50_000) -> Path:
-    from .sae_eval import held_out_acts
-
+def histogram_figure(run: Run, feature: int, path: Path) -> Path:
     plt = _mpl()
-    acts = held_out_acts(run.store, run.hook, max_tokens=max_tokens)
     with torch.no_grad():
-        f = run.sae().encode(torch.from_numpy(acts))[:, feature].numpy()
+        f = run.sae.encode(torch.from_numpy(run.held_out_acts))[:, feature].numpy()
     fig, ax = plt.subplots(figsize=(4, 2.6), constrained_layout=True)
     nz = f[f > 0]
     ax.hist(nz if len(nz) else [0], bins=40, color="#4c72b0")
@@ -133,20 +134,13 @@ def concept_bars_figure(run: Run, feature: int, path: Path) -> Path:
 
 
 def ablation_figure(run: Run, feature: int, path: Path) -> Path | None:
-    """Model output with the SAE spliced in, with the feature ablated, and the change of the error."""
-    from .causal import CausalProbe
-
-    if run.store.manifest["kind"] != "image":
-        return None
+    """Model output with the SAE spliced in, with the feature ablated, and the change of the error (image models)."""
     plt = _mpl()
-    sae = run.sae()
-    probe = CausalProbe(run.model(), sae, run.store, run.hook, n_images=1)
+    probe = run.probe
     with torch.no_grad():
-        before = probe._run(probe._spliced())
-        codes, _ = probe._encode_once()
-        col = torch.as_tensor(codes[:, feature].toarray()[:, 0], dtype=torch.float32)
-        after = probe._run(probe._spliced(col[:, None] * probe.contribution(feature)[None]))
-    x = probe.x[0].permute(1, 2, 0).numpy()
+        before = probe.output(probe.splice())
+        after = probe.ablated_output(feature)
+    x = probe.target[0].permute(1, 2, 0).numpy()
     b, a = before[0].permute(1, 2, 0).clamp(0, 1).numpy(), after[0].permute(1, 2, 0).clamp(0, 1).numpy()
     diff = ((a - x) ** 2).sum(-1) - ((b - x) ** 2).sum(-1)
     fig, axes = plt.subplots(1, 4, figsize=(8, 2.3), constrained_layout=True)
@@ -167,10 +161,8 @@ def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Pat
     from frobnolab.models.hooks import capture
     from frobnolab.scenes.queries import SceneQuery
 
-    if run.store.manifest["kind"] != "field":
-        return None
     plt = _mpl()
-    model, sae = run.model(), run.sae()
+    model, sae = run.model, run.sae
     lo, hi = np.array(model.config.aabb[0]), np.array(model.config.aabb[1])
     y = 0.25
     xs, zs = np.linspace(lo[0], hi[0], res), np.linspace(lo[2], hi[2], res)
@@ -194,19 +186,17 @@ def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Pat
 
 def feature_figures(run: Run, feature: int, folder: Path, maps=None) -> dict[str, Path]:
     """Every picture of one feature, as PNG files in ``folder``: {kind: path}."""
-    from .report import feature_figure
-
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    if run.store.manifest["kind"] == "image":
-        out["crops"] = feature_figure(run.store, run.hook, run.sae(), feature, run.table["top_where"][feature],
+    figures = run.store.domain.figures
+    if "crops" in figures:
+        out["crops"] = feature_figure(run.store, run.hook, run.sae, feature, run.table["top_where"][feature],
                                       str(run.table["named_concept"][feature]), folder / f"f{feature}_crops.png", maps)
     out["histogram"] = histogram_figure(run, feature, folder / f"f{feature}_hist.png")
     out["concepts"] = concept_bars_figure(run, feature, folder / f"f{feature}_concepts.png")
     for kind, fn in (("ablation", ablation_figure), ("slice", field_slice_figure)):
-        p = fn(run, feature, folder / f"f{feature}_{kind}.png")
-        if p is not None:
-            out[kind] = p
+        if kind in figures:
+            out[kind] = fn(run, feature, folder / f"f{feature}_{kind}.png")
     return out
 
 
@@ -250,50 +240,45 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
     """Write the static gallery of a scored run into ``out`` (index.html + one page per shown feature)."""
     from tqdm.auto import tqdm
 
-    from .report import feature_maps
-
     run = load_run(run_path)
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "img").mkdir(parents=True)
-    shown = shown_features(run, n_pages)
-    maps = None
-    if run.store.manifest["kind"] == "image":
-        ims = sorted({int(x[0]) for j in shown for x in run.table["top_where"][j] if x[0] >= 0})
-        maps = feature_maps(run.store, run.hook, run.sae(), ims)
-    pages = {}
-    title = html.escape(f"{run.summary['sae']} on {run.hook}")
-    for j in tqdm(shown, desc="gallery", disable=not progress):
-        figs = feature_figures(run, j, tmp / "img", maps)
-        t = {c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}
-        facts = "".join(f"<tr><th>{html.escape(k)}</th><td class='s'>{html.escape(str(v))}</td></tr>"
-                        for k, v in t.items())
-        imgs = "".join(f"<h3>{html.escape(k)}</h3><img alt='{html.escape(k)}' src='img/{p.name}'>"
-                       for k, p in figs.items())
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
-                f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
-                f"<p>{title}</p><table>{facts}</table>{imgs}</body></html>")
-        (tmp / f"feature_{j}.html").write_text(page)
-        pages[j] = f"feature_{j}.html"
-    n = len(run.table["feature"])
-    rows = [{**{c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}, "page": pages.get(j, "")} for j in range(n)
-            if run.table["freq"][j] > 0 or j in pages]
-    data = json.dumps(rows).replace("</", "<\\/")  # no "</script>" can close the data block early
-    head = "".join(f"<th data-k='{c}'>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
-    d = run.summary["dictionary"]
-    index = (f"<!doctype html><html><head><meta charset='utf-8'><title>frobnolab gallery</title>"
-             f"<style>{_CSS}</style></head><body><h1>Feature gallery</h1><p>{title}: {run.summary['tokens']} "
-             f"held-out tokens, {run.summary['alive']} of {run.summary['features']} features alive, MCC "
-             f"{d['mcc']:.3f}. Rows in orange are frobnoloid candidates. Click a header to sort.</p>"
-             f"<div class='controls'><label>concept <input id='concept' placeholder='e.g. depth'></label>"
-             f"<label>min frobnoloid score <input id='minfrob' type='number' step='0.01' value='0'></label>"
-             f"<label><input id='cand' type='checkbox'> candidates only</label><span id='count'></span></div>"
-             f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>"
-             f"<script id='data' type='application/json'>{data}</script>"
-             f"<script>const COLS={json.dumps(list(TABLE_COLUMNS))};{_JS}</script></body></html>")
-    (tmp / "index.html").write_text(index)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out, replace=True) as tmp:
+        (tmp / "img").mkdir()
+        shown = shown_features(run, n_pages)
+        maps = None
+        if run.store.domain.crops:
+            ims = sorted({int(x[0]) for j in shown for x in run.table["top_where"][j] if x[0] >= 0})
+            maps = feature_maps(run.store, run.hook, run.sae, ims)
+        pages = {}
+        title = html.escape(f"{run.summary['sae']} on {run.hook}")
+        for j in tqdm(shown, desc="gallery", disable=not progress):
+            figs = feature_figures(run, j, tmp / "img", maps)
+            t = {c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}
+            facts = "".join(f"<tr><th>{html.escape(k)}</th><td class='s'>{html.escape(str(v))}</td></tr>"
+                            for k, v in t.items())
+            imgs = "".join(f"<h3>{html.escape(k)}</h3><img alt='{html.escape(k)}' src='img/{p.name}'>"
+                           for k, p in figs.items())
+            page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
+                    f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
+                    f"<p>{title}</p><table>{facts}</table>{imgs}</body></html>")
+            (tmp / f"feature_{j}.html").write_text(page)
+            pages[j] = f"feature_{j}.html"
+        n = len(run.table["feature"])
+        rows = [{**{c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}, "page": pages.get(j, "")} for j in range(n)
+                if run.table["freq"][j] > 0 or j in pages]
+        data = json.dumps(rows).replace("</", "<\\/")  # no "</script>" can close the data block early
+        head = "".join(f"<th data-k='{c}'>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
+        d = run.summary["dictionary"]
+        index = (f"<!doctype html><html><head><meta charset='utf-8'><title>frobnolab gallery</title>"
+                 f"<style>{_CSS}</style></head><body><h1>Feature gallery</h1><p>{title}: {run.summary['tokens']} "
+                 f"held-out tokens, {run.summary['alive']} of {run.summary['features']} features alive, MCC "
+                 f"{d['mcc']:.3f}. Rows in orange are frobnoloid candidates. Click a header to sort.</p>"
+                 f"<div class='controls'><label>concept <input id='concept' placeholder='e.g. depth'></label>"
+                 f"<label>min frobnoloid score <input id='minfrob' type='number' step='0.01' value='0'></label>"
+                 f"<label><input id='cand' type='checkbox'> candidates only</label><span id='count'></span></div>"
+                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>"
+                 f"<script id='data' type='application/json'>{data}</script>"
+                 f"<script>const COLS={json.dumps(list(TABLE_COLUMNS))};{_JS}</script></body></html>")
+        (tmp / "index.html").write_text(index)
+
     return out

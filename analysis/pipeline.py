@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,11 @@ from frobnolab.models.conv_ae import ConvAEConfig
 from frobnolab.models.train import TrainAEConfig, train_autoencoder
 from frobnolab.scenes.dataset import RenderConfig, render_dataset
 
+from frobnolab.files import dumps, write_json
+
+from .run import score_sae
 from .sae import SAETrainConfig, train_sae
-from .score import ScoreConfig, score_sae
+from .score import ScoreConfig
 from .store import ExtractConfig, extract
 
 
@@ -76,7 +78,7 @@ def _score(store: Path, sae: Path, out: Path, cfg: ScoreConfig, progress: bool):
             return s
     s = score_sae(store, sae, out, cfg, progress=progress, log=lambda *_: None)
     s["sae_sha256"] = _sha(sae / "sae" / "sae_weights.safetensors")
-    done.write_text(json.dumps(s, indent=1, default=str))
+    write_json(done, s)
     return s
 
 
@@ -106,7 +108,9 @@ def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: b
         n = n[np.isfinite(n)]
         q = float(np.quantile(n, 0.95)) if len(n) else float("nan")
         res[k] = {"null95": q, "share_of_real_features_above": float(np.mean(r > q)) if len(r) else float("nan")}
-    (out / "scores" / "random_model_null.json").write_text(json.dumps(res, indent=1))
+    path = out / "scores" / "random_model_null.json"
+    if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(res)):  # unchanged: left as it is
+        write_json(path, res)
     return res
 
 
@@ -126,20 +130,53 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# the file whose modification time says when each stage last made its output
+STAGE_OUTPUTS = {"render": "render/manifest.json", "train-ae": "ae/training.json", "extract": "store/manifest.json",
+                 "train-sae": "sae/training.json", "score": "scores/summary.json",
+                 "null-model": "scores/random_model_null.json", "gallery": "gallery/index.html",
+                 "extract-taesd": "taesd-store/manifest.json", "train-sae-taesd": "taesd-sae/training.json",
+                 "score-taesd": "taesd-scores/summary.json", "gallery-taesd": "taesd-gallery/index.html"}
+
+
+def check_taesd(taesd: str | Path) -> Path:
+    """The TAESD weights folder, checked (both files there, and loadable) before any stage runs."""
+    from frobnolab.models.io import load_model
+
+    path = Path(taesd)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--taesd {taesd}: no such folder (it should hold taesd_encoder.safetensors and "
+                                f"taesd_decoder.safetensors)")
+    load_model(f"taesd:{path.resolve()}")
+    return path
+
+
 def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = None, workers: int = 0,
                    progress: bool = True, log=print) -> dict:
-    """Run every stage into ``out``; returns {stage: seconds} (also written to ``out/stages.json``)."""
+    """Run every stage into ``out``; returns {stage: seconds} of this call. ``out/stages.json`` keeps, for every
+    stage, the seconds of the run that made its output (``seconds``), which stages this call found up to date
+    (``skipped``) and this call's own times (``this_run``)."""
+    if taesd:
+        check_taesd(taesd)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    before = json.loads((out / "stages.json").read_text()) if (out / "stages.json").exists() else {}
+    made = dict(before.get("seconds", {}))
+    skipped = []
 
     def stage(name, fn):
+        marker = out / STAGE_OUTPUTS[name]
+        stamp = marker.stat().st_mtime_ns if marker.exists() else None
         t = time.time()
         res = fn()
         times[name] = round(time.time() - t, 2)
-        log(f"[{name}] done in {times[name]:.1f} s")
+        if stamp is not None and marker.exists() and marker.stat().st_mtime_ns == stamp and name in made:
+            skipped.append(name)
+            log(f"[{name}] up to date")
+        else:
+            made[name] = times[name]
+            log(f"[{name}] done in {times[name]:.1f} s")
         return res
-
     data = stage("render", lambda: render_dataset(
         RenderConfig(cfg.family, n=cfg.images, size=cfg.size, seed=cfg.seed), out / "render", workers=workers,
         progress=progress, command="frobnolab quickstart"))
@@ -163,7 +200,6 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
         stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
                                             progress))
         stage("gallery-taesd", lambda: _gallery(out / "taesd-scores", out / "taesd-gallery", progress))
-    tmp = out / f".stages.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"seconds": times, "config": asdict(cfg), "taesd": taesd}, indent=1, default=str))
-    os.replace(tmp, out / "stages.json")
+    write_json(out / "stages.json", {"seconds": {k: made[k] for k in times}, "skipped": skipped, "this_run": times,
+                                     "config": asdict(cfg), "taesd": str(taesd) if taesd else None})
     return times

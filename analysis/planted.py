@@ -14,9 +14,6 @@ null (named match and scene R^2 not above the random-direction nulls, frobnoloid
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +21,10 @@ import torch
 
 from frobnolab.models.hooks import HookPoint
 
+from frobnolab.files import write_json
+
 from .score import ScoreConfig, score_features
-from .store import ActivationStore, ExtractConfig, extract
+from .store import ActivationStore, ArrayTokens, ExtractConfig, extract
 
 
 class PoolProbe(torch.nn.Module):
@@ -45,30 +44,6 @@ class PoolProbe(torch.nn.Module):
 
     def forward(self, x):
         return self.pool(x)
-
-
-class ArrayChunks:
-    """In-memory arrays that quack like a store's ChunkedArray (``_files``, ``_shard``)."""
-
-    def __init__(self, parts: list[np.ndarray]):
-        self._parts = parts
-        self._files = list(range(len(parts)))
-
-    def _shard(self, k: int) -> np.ndarray:
-        return self._parts[k]
-
-    def __array__(self, dtype=None, copy=None):
-        a = np.concatenate(self._parts)
-        return a if dtype is None else a.astype(dtype)
-
-
-@dataclass
-class PlantedTokens:
-    acts: ArrayChunks
-    gt: ArrayChunks
-    where: ArrayChunks
-    d_in: int
-    name: str = "planted"
 
 
 def _col(columns, gt, name):
@@ -108,7 +83,8 @@ def planted_units(gt: np.ndarray, columns: list[str], rng: np.random.Generator) 
 
 
 class PlantedProbe:
-    """Causal ground truth of the planted model: output = sum_u w_u * unit_u; the optimal output is the clean one."""
+    """Causal ground truth of the planted model: output = sum_u w_u * unit_u; the optimal output is the clean one.
+    Implements the :class:`~frobnolab.analysis.probe.Probe` protocol."""
 
     def __init__(self, units: np.ndarray, weights: np.ndarray, images: np.ndarray):
         self.u, self.w = units.astype(np.float64), weights.astype(np.float64)
@@ -146,20 +122,21 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
     store = ActivationStore(extract(ExtractConfig(model="pool-probe", dataset=str(dataset), seed=seed),
                                     out / "tokens", model=PoolProbe(stride), progress=progress))
     tok = store["cells"]
-    columns = store.manifest["columns"]
+    columns = store.columns
     gt = np.asarray(tok.gt, np.float64)
     where = np.asarray(tok.where)
     rng = np.random.default_rng(seed)
     units, spec = planted_units(gt, columns, rng)
     bounds = np.concatenate([[0], np.cumsum(tok.meta["chunk_tokens"])])
     split = lambda a: [a[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]  # noqa: E731
-    tokens = PlantedTokens(ArrayChunks(split(units)), ArrayChunks(split(gt.astype(np.float32))),
-                           ArrayChunks(split(where)), units.shape[1])
-    held = where[:, 0] % 8 == 7
+    tokens = ArrayTokens("planted", split(units), split(gt.astype(np.float32)), split(where), columns,
+                         tok.holdout_every)
+    held = tok.held_out(where[:, 0])
     probe = PlantedProbe(units[held], np.array([s["weight"] for s in spec]), where[held, 0])
     cfg = cfg or ScoreConfig(n_null=32, bootstrap=20, seed=seed)
-    table, summary = score_features(tokens, lambda a: a, units.shape[1], cfg, probe=probe, progress=progress,
-                                    concepts=store.manifest["concepts"], columns=columns)
+    scores = score_features(tokens, lambda a: a, units.shape[1], cfg, probe=probe, progress=progress,
+                            concepts=store.concepts)
+    table, summary = scores.table, scores.summary
     rows, attributable, correct = [], 0, 0
     order = list(np.argsort(-np.asarray(table["frob"])))
     nulls = summary["nulls95"]
@@ -186,10 +163,10 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
         "units": rows, "attributed": correct, "attributable": attributable,
         "attribution_rate": correct / max(attributable, 1),
         "nameless_rank": nameless["frob_rank"], "noise_at_null": noise_ok, "nulls95": nulls,
-        "tokens": summary["tokens"],
+        "tokens": summary["tokens"], "bootstrap_check": summary["bootstrap_check"],
     }
     res["passed"] = bool(res["attribution_rate"] >= 0.95 and res["nameless_rank"] == 1 and noise_ok)
-    tmp = out / f".validation.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(res, indent=1, default=float))
-    os.replace(tmp, out / "validation.json")
+    res["frob_intervals"] = {int(j): [float(table["frob"][j]), float(table["frob_lo"][j]), float(table["frob_hi"][j])]
+                             for j in np.flatnonzero(np.isfinite(np.asarray(table["frob_lo"], float)))}
+    write_json(out / "validation.json", res)
     return res

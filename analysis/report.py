@@ -3,44 +3,45 @@ matching ground-truth concept map beside them) for the top frobnoloids and the b
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from frobnolab.scenes.dataset import Dataset
+from frobnolab.files import atomic_write
 
 from . import concepts as C
+
+
+def save_figure(fig, path: Path) -> Path:
+    """A matplotlib figure as PNG at ``path`` (atomically), then closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=80, format="png")
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())
 
 
 def feature_maps(store, hook: str, sae, images: list[int]) -> dict[int, np.ndarray]:
     """Every feature's activation map ``(F, h, w)`` for each image in ``images`` (cells without a token: 0)."""
     tok = store[hook]
-    ds = Dataset(store.manifest["dataset"])
-    h, w = ds.size
+    h, w = store.dataset.size
     s = max(tok.stride, 1)
-    want = set(int(i) for i in images)
-    rows: dict[int, list] = {i: [] for i in want}
-    for k in range(len(tok.acts._files)):
-        where = np.asarray(tok.where._shard(k))
-        sel = np.flatnonzero(np.isin(where[:, 0], list(want)))
+    want = sorted(set(int(i) for i in images))
+    out = {im: np.zeros((sae.cfg.d_sae, h // s, w // s), np.float32) for im in want}
+    for c in tok.chunks("all", parts=("acts", "where")):
+        sel = np.flatnonzero(np.isin(c.where[:, 0], want))
         if len(sel):
-            acts = np.asarray(tok.acts._shard(k)[sel], np.float32)
             with torch.no_grad():
-                f = sae.encode(torch.from_numpy(acts)).numpy()
-            for r, (im, rr, cc) in zip(f, where[sel][:, :3]):
-                rows[int(im)].append((rr, cc, r))
-    out = {}
-    for im, lst in rows.items():
-        m = np.zeros((sae.cfg.d_sae, h // s, w // s), np.float32)
-        for rr, cc, r in lst:
-            m[:, rr, cc] = r
-        out[im] = m
+                f = sae.encode(torch.from_numpy(c.acts[sel])).numpy()
+            for r, (im, rr, cc) in zip(f, c.where[sel][:, :3]):
+                out[int(im)][:, rr, cc] = r
     return out
 
 
-def concept_map(ds: Dataset, image: int, concept: str) -> np.ndarray:
+def concept_map(ds, image: int, concept: str) -> np.ndarray:
     """A concept's per-pixel map for one image (categorical: class codes)."""
     con = C.REGISTRY.get(concept.split("+")[0])
     if con is None or con.pixel is None:
@@ -56,7 +57,7 @@ def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ds = Dataset(store.manifest["dataset"])
+    ds = store.dataset
     s = max(store[hook].stride, 1)
     h, w = ds.size
     ex, seen = [], set()
@@ -85,11 +86,7 @@ def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path
     axes[1, 0].set_title("activation", fontsize=8, loc="left")
     axes[2, 0].set_title(concept, fontsize=8, loc="left")
     fig.suptitle(f"feature {feature}", fontsize=9)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n_top: int = 8) -> Path:
@@ -100,7 +97,7 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
     top = [int(j) for j in np.argsort(-frob)[:n_top] if frob[j] > 0]
     per_concept = summary["dictionary"]["coverage"]
     named = sorted({v["feature"] for v in per_concept.values() if v["r2"] > 0.1})
-    pictures = store.manifest["kind"] == "image"
+    pictures = store.domain.crops
     wanted = sorted(set(top) | set(named))
     if pictures and wanted:
         ims = sorted({int(x[0]) for j in wanted for x in table["top_where"][j] if x[0] >= 0})
@@ -139,8 +136,4 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
         lines.append(f"| {name} | {v['feature']} | {v['r2']:.3f} |")
     if pictures:
         lines += [""] + [f"![feature {j}](figures/feature_{j}.png)" for j in named]
-    path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(out / "report.md", "\n".join(lines) + "\n")

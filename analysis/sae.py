@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from frobnolab.scenes.dataset import HOLDOUT_EVERY
+from frobnolab.files import atomic_folder, atomic_write, write_json
 
 from .store import ActivationStore, HookTokens
 
@@ -102,13 +101,10 @@ class StoreBatches:
         return next(self._it)
 
     def _chunk(self, k: int) -> np.ndarray:
-        acts = self.tokens.acts._shard(k)
-        img = self.tokens.where._shard(k)[:, 0]
-        held = img % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-        return np.asarray(acts[~held] if self.split == "train" else acts[held], dtype=np.float32)
+        return self.tokens.chunk(k, self.split, parts=("acts",)).acts
 
     def _gen(self):
-        n_chunks = len(self.tokens.acts._files)
+        n_chunks = self.tokens.n_chunks
         carry = np.zeros((0, self.tokens.d_in), np.float32)
         p = 0
         while True:
@@ -185,7 +181,7 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
     plan = out / "plan.json"
     if plan.exists() and json.loads(plan.read_text()) != key:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    plan.write_text(json.dumps(key))
+    atomic_write(plan, json.dumps(key))
 
     batches = StoreBatches(tokens, cfg.batch_size, cfg.seed, cfg.shuffle_chunks)
     sae = training_sae(cfg, tokens.d_in)
@@ -230,12 +226,8 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
         if saved[1] is not None:
             scaler_mod.tqdm = saved[1]
     seconds = time.time() - t0
-    tmp = out / f".sae.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae.save_inference_model(tmp)
-    if (out / "sae").exists():
-        shutil.rmtree(out / "sae")
-    os.replace(tmp, out / "sae")
+    with atomic_folder(out / "sae", replace=True) as tmp:
+        sae.save_inference_model(tmp)
     record = {"key": key, "config": dataclasses.asdict(cfg), "store": str(store.path),
               "hook": cfg.hook, "hook_path": tokens.meta["path"], "d_in": tokens.d_in,
               "normalization": {"mode": cfg.normalize, "scaling_factor": scaling,
@@ -247,8 +239,7 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
         from .sae_eval import evaluate_sae
 
         record["evaluation"] = evaluate_sae(load_sae(out), store, cfg.hook, model=model, device=cfg.device)
-    (out / ".training.json.tmp").write_text(json.dumps(record, indent=1))
-    os.replace(out / ".training.json.tmp", out / "training.json")
+    write_json(out / "training.json", record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     plan.unlink(missing_ok=True)
     return (record, sae) if return_sae else record

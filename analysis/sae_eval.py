@@ -14,14 +14,10 @@ ablating the layer).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from frobnolab.models.hooks import capture
-from frobnolab.scenes.dataset import HOLDOUT_EVERY, Dataset, split_indices
 
 from .store import ActivationStore
 
@@ -30,20 +26,7 @@ DENSE = 0.25
 
 def held_out_acts(store: ActivationStore, hook: str, max_tokens: int = 200_000) -> np.ndarray:
     """Activations ``(N, d_in)`` of the hook's tokens from held-out images (streamed chunk by chunk)."""
-    tok = store[hook]
-    parts, n = [], 0
-    for k in range(len(tok.acts._files)):
-        img = tok.where._shard(k)[:, 0]
-        sel = img % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-        if sel.any():
-            parts.append(np.asarray(tok.acts._shard(k)[sel], np.float32))
-            n += int(sel.sum())
-        if n >= max_tokens:
-            break
-    if not parts:
-        raise ValueError(f"{store.path}: hook {hook} has no tokens from held-out images (every "
-                         f"{HOLDOUT_EVERY}th image); extract with --split all or test")
-    return np.concatenate(parts)[:max_tokens]
+    return store[hook].activations("test", max_tokens)
 
 
 @torch.no_grad()
@@ -91,42 +74,19 @@ def model_losses(model, store: ActivationStore, hook: str, edits: dict, device: 
     """Error of the model's output against its optimal output on held-out images, for each edit of the hook
     (None: clean). Returns {name: loss}."""
     path = store[hook].meta["path"]
-    ds = Dataset(store.manifest["dataset"])
-    idx = split_indices(len(ds), "test")[:max_images]
-    out = {}
-    if store.manifest["kind"] == "image":
-        x = torch.from_numpy(np.ascontiguousarray(ds["rgb"][idx])).permute(0, 3, 1, 2).to(device)
-        for name, fn in edits.items():
-            ctx = capture(model.hook_root, [], edit={path: fn}) if fn is not None else nullcontext()
-            with ctx:
-                out[name] = torch.mean((model(x) - x) ** 2).item()
-        return out
-    from frobnolab.models.field import render_rays
-    from frobnolab.models.train import dataset_rays
-
-    o, d = dataset_rays(ds, idx)
-    rng = np.random.default_rng(0)
-    pix = rng.choice(o.shape[1] * o.shape[2], size=min(rays_per_image, o.shape[1] * o.shape[2]), replace=False)
-    o = torch.as_tensor(o.reshape(len(idx), -1, 3)[:, pix].reshape(-1, 3), dtype=torch.float32, device=device)
-    d = torch.as_tensor(d.reshape(len(idx), -1, 3)[:, pix].reshape(-1, 3), dtype=torch.float32, device=device)
-    gt = torch.as_tensor(np.asarray(ds["rgb"][idx]).reshape(len(idx), -1, 3)[:, pix].reshape(-1, 3), device=device)
-    for name, fn in edits.items():
-        ctx = capture(model.hook_root, [], edit={path: fn}) if fn is not None else nullcontext()
-        with ctx:
-            # even samples, as in the causal probe (analysis/causal.py says why)
-            out[name] = torch.mean((render_rays(model, o, d, 48).rgb - gt) ** 2).item()
-    return out
+    domain = store.domain
+    batch = domain.batch(store.dataset, store.dataset.split("test")[:max_images], device, rays_per_image)
+    return {name: torch.mean((domain.forward(model, batch, {path: fn} if fn is not None else None)
+                              - batch.target) ** 2).item() for name, fn in edits.items()}
 
 
 def evaluate_sae(sae, store: ActivationStore | str | Path, hook: str, model=None, device: str = "cpu") -> dict:
     """Reconstruction metrics on held-out tokens and output fidelity (module docstring)."""
-    from frobnolab.models.io import load_model
-
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     x = torch.from_numpy(held_out_acts(store, hook))
     res = reconstruction_metrics(sae, x)
     if model is None:
-        model = load_model(store.manifest["model"], device)
+        model = store.load_model(device)
     mean = x.mean(0).to(device)
 
     def mean_ablate(t):

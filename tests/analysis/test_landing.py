@@ -5,10 +5,7 @@ import math
 import numpy as np
 import pytest
 
-try:  # the module is being renamed from causal to probe
-    from frobnolab.analysis.probe import landing
-except ImportError:
-    from frobnolab.analysis.causal import landing
+from frobnolab.analysis.probe import landing
 
 N, P = 2, 8  # 16 pixels in all
 

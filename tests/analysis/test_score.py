@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from frobnolab.analysis.score_stats import BinnedStats, DetectionStats, RidgeStats
+from frobnolab.analysis.scoring.stats import BinnedStats, DetectionStats, RidgeStats
 
 
 def direct_eta_cv(f, bins, fold, n_bins):
@@ -70,23 +70,41 @@ def clutter(tmp_path_factory):
                           progress=False)
 
 
-def test_scorer_recovers_planted_truth(clutter, tmp_path):
+@pytest.fixture(scope="module")
+def planted(clutter, tmp_path_factory):
+    """The planted-truth validation on its default config, once for this module."""
     from frobnolab.analysis.planted import validate_scorer
 
-    r = validate_scorer(clutter, tmp_path / "v", progress=False)
+    out = tmp_path_factory.mktemp("v") / "v"
+    return validate_scorer(clutter, out, progress=False), out
+
+
+def test_scorer_recovers_planted_truth(planted):
+    r, out = planted
     assert r["attribution_rate"] >= 0.95, [(u["name"], u["named"], u["pair"]) for u in r["units"] if u["ok"] is False]
     assert r["nameless_rank"] == 1
     assert r["noise_at_null"]
     nameless = next(u for u in r["units"] if u["kind"] == "nameless")
     assert nameless["pair_r2"] < 0.1 and nameless["scene_r2"] > 0.3  # unnamed, yet a function of the scene
-    assert r["passed"] and (tmp_path / "v" / "validation.json").exists()
+    assert r["passed"] and (out / "validation.json").exists()
+    assert json.loads((out / "validation.json").read_text())["passed"] is True  # strict JSON, read back
 
 
-def test_held_out_concept_widens_the_gap_and_is_reported(clutter, tmp_path):
+def test_frobnoloid_intervals_contain_their_point_estimates(planted):
+    r, _ = planted
+    assert r["frob_intervals"], "no feature got an interval"
+    for j, (frob, lo, hi) in r["frob_intervals"].items():
+        assert lo <= frob + 1e-9 and frob <= hi + 1e-9, (j, frob, lo, hi)
+    # one formula: at unit weights the bootstrap's statistic reproduces the point estimate
+    check = r["bootstrap_check"]
+    assert check["sample_holds_every_token"] and check["max_abs_diff_at_unit_weights"] < 1e-4, check
+
+
+def test_held_out_concept_widens_the_gap_and_is_reported(clutter, planted, tmp_path):
     from frobnolab.analysis.planted import validate_scorer
     from frobnolab.analysis.score import ScoreConfig
 
-    base = validate_scorer(clutter, tmp_path / "a", progress=False, cfg=ScoreConfig(n_null=32, bootstrap=0))
+    base = planted[0]
     held = validate_scorer(clutter, tmp_path / "b", progress=False,
                            cfg=ScoreConfig(n_null=32, bootstrap=0, holdout_concepts=("shadow",)))
     unit = lambda r: next(u for u in r["units"] if u["name"] == "shadow")  # noqa: E731
@@ -102,12 +120,11 @@ def test_sae_pipeline_matches_sae_lens_on_synthetic_data(tmp_path):
     assert r["mcc_frobnolab"] >= r["mcc_sae_lens_train_toy_sae"] - 0.05
 
 
-def test_score_cli_writes_table_summary_and_report(tmp_path, capsys):
+def test_score_cli_writes_table_summary_and_report(tiny_run, tmp_path, capsys):
     from frobnolab.analysis.score import read_table
     from frobnolab.cli import main
 
-    run = tmp_path / "run"
-    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1"]) == 0
+    run = tiny_run
     assert main(["score", str(run / "store"), str(run / "sae"), "--out", str(tmp_path / "s"), "--quiet",
                  "--bootstrap", "5", "--nulls", "8", "--holdout", "depth"]) == 0
     out = capsys.readouterr().out
@@ -128,7 +145,8 @@ def test_score_cli_writes_table_summary_and_report(tmp_path, capsys):
 def test_stability_of_an_sae_with_itself_is_one_and_with_another_seed_is_lower(tiny_run, tmp_path):
     from frobnolab.analysis.pipeline import QUICKSTART_PRESETS
     from frobnolab.analysis.sae import train_sae
-    from frobnolab.analysis.score import ScoreConfig, score_sae
+    from frobnolab.analysis.run import score_sae
+    from frobnolab.analysis.score import ScoreConfig
 
     cfg = ScoreConfig(n_null=8, bootstrap=0, causal_top=4, scene_steps=50)
     same = score_sae(tiny_run / "store", tiny_run / "sae", tmp_path / "a", cfg, other_sae=tiny_run / "sae",

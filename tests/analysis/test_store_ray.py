@@ -66,3 +66,36 @@ def test_gpu_extraction_on_a_cluster_without_gpus_is_refused_before_writing(ray_
     with pytest.raises(ValueError, match="has no GPU"):
         S.extract(cfg, tmp_path / "st", progress=False, ray=ray_local)
     assert not (tmp_path / "st").exists() and not (tmp_path / "st.partial").exists()
+
+
+def test_a_custom_concept_travels_to_ray_workers_by_import_path(ray_local, tiny_dataset, tmp_path):
+    import numpy as np
+
+    cfg = S.ExtractConfig(model="random-taesd:3", dataset=str(tiny_dataset), hooks=("enc2",), batch_size=5,
+                          tokens_per_image=12, concepts=("depth", "tests.analysis.custom_concepts:warmth"))
+    local = S.extract(cfg, tmp_path / "local", progress=False)
+    ray = S.extract(cfg, tmp_path / "ray", progress=False, ray=ray_local)
+    _same_store(local, ray)
+    tok = S.ActivationStore(ray)["enc2"]
+    assert tok.columns == ["depth", "warmth"] and np.asarray(tok.gt).shape[1] == 2
+    assert np.ptp(np.asarray(tok.gt)[:, 1]) > 0  # the warmth column holds values, not a placeholder
+
+
+def test_a_concept_only_the_driver_knows_fails_once_with_the_real_message(ray_local, tiny_dataset, tmp_path):
+    import time
+
+    import pytest
+
+    from frobnolab.analysis import concepts as C
+
+    C.register(C.Concept("drivers_only", "continuous", pixel=lambda b: b["depth"]))
+    try:
+        cfg = S.ExtractConfig(model="random-taesd:3", dataset=str(tiny_dataset), hooks=("enc2",), batch_size=5,
+                              tokens_per_image=12)
+        t0 = time.time()
+        with pytest.raises(ValueError, match="missing here: drivers_only.*import path"):
+            S.extract(cfg, tmp_path / "ray", progress=False, ray=ray_local)
+        assert time.time() - t0 < 60  # raised once, not retried as a dying worker
+        assert not (tmp_path / "ray").exists()
+    finally:
+        C.REGISTRY.pop("drivers_only")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from frobnolab.analysis.causal import CausalProbe
+from frobnolab.analysis.probe import CausalProbe
 from frobnolab.analysis.store import ActivationStore, ExtractConfig, extract
 from frobnolab.models.field import CoordinateField, FieldConfig
 
@@ -35,7 +35,7 @@ def test_field_probe_replays_exactly_and_ablations_change_the_render(tiny_single
     base = probe.baseline()
     np.testing.assert_array_equal(base["sae"], base["clean"])  # the identity splice changes nothing
     assert np.all(base["zero"] != base["clean"])
-    codes, _ = probe._encode_once()
+    codes, _ = probe.codes()
     live = int(np.argmax(np.asarray(abs(codes).sum(0)).ravel()))
     dead = [j for j in range(16) if codes[:, j].nnz == 0]
     losses, changes = probe.ablate([live] + dead[:1])

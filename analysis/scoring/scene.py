@@ -1,5 +1,7 @@
-"""Scene-explained R^2 by a small multi-output MLP: every feature predicted from all ground-truth columns at its
-token, trained on one image fold and evaluated on the other (then swapped).
+"""Scene-explained R^2: is the feature a function of the scene at all? Every feature predicted from ALL the
+ground-truth columns at its token (named or not), cross-validated by image fold; ``scene_r2`` is the better of a
+kernel ridge regression on random Fourier features (streamed, ``stats.RidgeStats``) and a small multi-output MLP,
+trained on one image fold and evaluated on the other (then swapped).
 
 A kernel regression on ~50 ground-truth columns cannot find a function of three of them (its length scale must be
 large in high dimension); an MLP learns which columns matter. It is trained on a subsample of each fold's tokens
@@ -12,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+
+from .stats import RidgeStats
 
 
 class FoldSample:
@@ -118,3 +122,22 @@ def scene_r2_mlp(sample: FoldSample, steps: int = 1500, hidden: int = 256, seed:
     mean = np.full(stacked.shape[1], np.nan)
     mean[both] = np.nanmean(stacked[:, both], 0)
     return mean, predictors
+
+
+class SceneExplained:
+    """The part: ridge sums over every chunk, a per-fold token sample for the MLP."""
+
+    def __init__(self, sample_gt: np.ndarray, n_features: int, ridge_dim: int, sample_tokens: int, seed: int):
+        self.ridge = RidgeStats(sample_gt.mean(0), sample_gt.std(0), n_features, dim=ridge_dim, seed=seed)
+        self.sample = FoldSample(sample_tokens)
+
+    def add(self, c):
+        self.ridge.add(c.f, c.gt, c.fold)
+        self.sample.add(c.f, c.gt, c.fold, c.where[:, 0])
+
+    def finish(self, steps: int, seed: int, device: str):
+        """(scene_r2, ridge_r2, chosen ridge penalty, MLP predictors) of every feature."""
+        ridge_r2, lam = self.ridge.r2_cv()
+        mlp_r2, predictors = scene_r2_mlp(self.sample, steps, seed=seed, device=device)
+        scene = ridge_r2 if mlp_r2 is None else np.fmax(ridge_r2, mlp_r2)
+        return scene, ridge_r2, lam, predictors

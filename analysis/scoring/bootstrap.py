@@ -1,0 +1,71 @@
+"""Bootstrap intervals of the frobnoloid score over resampled held-out images.
+
+Each resample reweights the scoring sample's tokens by their image's multiplicity and recomputes the named matches
+(single and the chosen pair), the scene R^2 of the fixed out-of-fold predictions (per fold, averaged, as the point
+estimate; the predictors are NOT refitted, so the interval leaves out the predictors' own variance) and the causal
+effect over the resampled probe images, then applies the same :func:`~.frobnoloid.frobnoloid` as the point
+estimate. With every image weighted once, :meth:`Bootstrap.statistic` gives the point estimate again (up to float
+rounding) whenever the scoring sample holds every held-out token.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+from .frobnoloid import frobnoloid
+from .scene import r2
+from .stats import BinnedStats
+
+
+class Bootstrap:
+    def __init__(self, sample, predictors, top, variables, pair_best, causal, causal_null95, ridge_r2, scene_floor):
+        self.top, self.variables, self.pair_best, self.causal = top, variables, pair_best, causal
+        self.causal_null95, self.ridge_r2, self.scene_floor, self.predictors = causal_null95, ridge_r2, scene_floor, \
+            predictors
+        parts = [sample.arrays(k) for k in (0, 1)]
+        g = np.concatenate([p[0] for p in parts])
+        self.f = sp.vstack([p[1][:, top] for p in parts]).toarray()
+        im = np.concatenate([p[2] for p in parts])
+        self.fold = np.concatenate([np.full(len(p[0]), k) for k, p in enumerate(parts)])
+        if predictors:
+            self.pred = np.concatenate([predictors[k](parts[k][0])[:, top] for k in (0, 1)])
+        self.images = np.unique(im)
+        self.pos = np.searchsorted(self.images, im)
+        self.named = [k for k, v in enumerate(variables) if v.named]
+        self.bins_named = np.stack([variables[k].bins(g) for k in self.named])
+        self.coarse = np.stack([v.bins(g, coarse=True) for v in variables])
+        self.C = max(v.n_coarse for v in variables)
+
+    def statistic(self, wimg: np.ndarray) -> np.ndarray:
+        """frob of the features ``top`` with image weights ``wimg`` (one per image of the sample)."""
+        top, f, fold, C = self.top, self.f, self.fold, self.C
+        w = wimg[self.pos]
+        st = BinnedStats(len(self.named), max(self.variables[k].n_bins for k in self.named), len(top))
+        st.add(f, self.bins_named, fold, w)
+        r = st.r2_cv()
+        single = np.nanmax(np.where(np.isnan(r), -np.inf, r), 0)
+        pair = np.full(len(top), -np.inf)
+        for t, j in enumerate(top):
+            p, q = self.pair_best[j]
+            ps = BinnedStats(1, C * C, 1)
+            ps.add(f[:, t:t + 1], (self.coarse[p] * C + self.coarse[q])[None], fold, w)
+            pair[t] = np.nan_to_num(ps.r2_cv()[0, 0], nan=-np.inf)
+        scene = self.ridge_r2[top]
+        if self.predictors:
+            per_fold = np.stack([r2(f[fold == k], self.pred[fold == k], w[fold == k]) for k in (0, 1)])
+            with warnings.catch_warnings():  # "mean of empty slice" where both folds are undefined
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mlp = np.nanmean(per_fold, 0)
+            scene = np.fmax(np.nan_to_num(mlp, nan=-1), scene)
+        eff = np.array([self.causal.resampled(int(j), self.images, wimg) for j in top])
+        return frobnoloid(scene, np.maximum(single, pair), eff, self.causal_null95, self.scene_floor).frob
+
+    def intervals(self, n: int, rng: np.random.Generator):
+        """(5th, 95th percentile) of frob over ``n`` resamples of the images."""
+        k = len(self.images)
+        frobs = np.stack([self.statistic(np.bincount(rng.integers(k, size=k), minlength=k).astype(float))
+                          for _ in range(n)])
+        return np.quantile(frobs, 0.05, 0), np.quantile(frobs, 0.95, 0)

@@ -1,0 +1,145 @@
+"""Named match: how much of a feature one named concept, or a pair of them, explains.
+
+- singles: the cross-validated correlation ratio eta^2 (the variance of the per-bin mean activation over the
+  activation's variance, bins of the concept's value) of every named variable;
+- detection: AUROC and best-threshold F1 against binary concepts and categorical classes;
+- pairs (a second pass): eta^2 with joint coarse bins, among candidates per feature: its top singles by eta^2 and
+  its top variables by |correlation| (a factor of a product can have a low eta^2 of its own but still correlate);
+  the pairs are the best single with every other candidate, plus the pairs among the top three singles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import Chunk
+from .stats import BinnedStats, DetectionStats
+
+
+@dataclass
+class NamedResult:
+    single_r2: np.ndarray
+    """(V, F) cross-validated eta^2 of every variable (named or withheld)."""
+    best_single: np.ndarray
+    """(F,) index of the best named variable."""
+    best_single_r2: np.ndarray
+    """(F,) its eta^2."""
+    pair_best: np.ndarray
+    """(F, 2) variable indices of the best pair."""
+    pair_r2: np.ndarray
+    """(F,) its eta^2 (-inf where no pair could be scored)."""
+    auroc: np.ndarray
+    """(T, F) detection AUROC per target."""
+    f1: np.ndarray
+    """(T, F) best-threshold F1 per target."""
+
+    @property
+    def named_best(self) -> np.ndarray:
+        return np.maximum(self.best_single_r2, self.pair_r2)
+
+
+class NamedMatch:
+    """Pass 1: single-variable bins and detection histograms; keeps coarse bins (and features) for pass 2 while
+    their nonzeros fit in ``cache_nnz``."""
+
+    def __init__(self, variables, targets, n_features: int, scale: np.ndarray, cache_nnz: int, pair_candidates: int):
+        self.variables, self.targets, self.F = variables, targets, n_features
+        self.singles = BinnedStats(len(variables), max(v.n_bins for v in variables), n_features)
+        self.detect = DetectionStats(len(targets), n_features, scale)
+        self.cache: list | None = []
+        self.cache_nnz, self.cached_nnz, self.m = cache_nnz, 0, pair_candidates
+
+    def add(self, c: Chunk):
+        self.singles.add(c.f, c.bins, c.fold)
+        if self.cache is not None:
+            self.cached_nnz += c.f.nnz
+            if self.cached_nnz > self.cache_nnz:
+                self.cache = None  # too many nonzeros to keep: pass 2 reads and encodes the store again
+            else:
+                self.cache.append((c.f, c.fold, self.coarse(c.gt)))
+        self.detect.add(c.f, np.stack([t[1](c.gt) for _, t in self.targets]) if self.targets
+                        else np.zeros((0, len(c.gt))))
+
+    def coarse(self, g: np.ndarray) -> np.ndarray:
+        return np.stack([v.bins(g, coarse=True) for v in self.variables]).astype(np.int16)
+
+    def finish(self, corr_all: np.ndarray, rechunk, progress: bool = True) -> NamedResult:
+        """``corr_all (F, G)``: correlation with every column; ``rechunk()``: the chunks again, for pass 2 when
+        the cache did not fit."""
+        variables, F = self.variables, self.F
+        single_r2 = self.singles.r2_cv()  # (V, F)
+        auroc, f1 = self.detect.finish() if self.targets else (np.zeros((0, F)), np.zeros((0, F)))
+        named_idx = np.array([k for k, v in enumerate(variables) if v.named])
+        named_r2 = np.where(np.isnan(single_r2[named_idx]), -np.inf, single_r2[named_idx])
+        best_single = named_idx[named_r2.argmax(0)]
+        best_single_r2 = named_r2.max(0)
+        m = min(self.m, len(named_idx))
+        top_vars = named_idx[np.argsort(-named_r2, 0)[:m]].T  # (F, m)
+        var_corr = np.stack([np.abs(corr_all[:, variables[k].cols]).max(1) for k in named_idx], 1)  # (F, n_named)
+        top_corr = named_idx[np.argsort(-var_corr, 1)[:, :m]]  # (F, m)
+        cands = np.concatenate([top_vars, top_corr], 1)
+        slots = [np.stack([cands[:, 0], cands[:, c]], 1) for c in range(1, cands.shape[1])]
+        for p, q in ((1, 2), (1, 3), (2, 3)):
+            if q < m:
+                slots.append(np.stack([top_vars[:, p], top_vars[:, q]], 1))
+        pair_r2 = np.full(F, -np.inf)
+        pair_best = np.zeros((F, 2), np.int64)
+        if slots:
+            pv = np.stack(slots, 1)  # (F, S, 2)
+            pr2 = self._pairs(pv, rechunk, progress)
+            best_slot = pr2.argmax(1)
+            pair_r2 = pr2[np.arange(F), best_slot]
+            pair_best = pv[np.arange(F), best_slot]
+        return NamedResult(single_r2, best_single, best_single_r2, pair_best, pair_r2, auroc, f1)
+
+    def _pairs(self, pv: np.ndarray, rechunk, progress: bool) -> np.ndarray:
+        """Pass 2: eta^2 ``(F, S)`` of each feature's candidate pairs ``pv (F, S, 2)`` (-inf where undefined)."""
+        from tqdm.auto import tqdm
+
+        variables, F = self.variables, self.F
+        V, S = len(variables), pv.shape[1]
+        C = max(v.n_coarse for v in variables)
+        lo, hi = np.minimum(pv[..., 0], pv[..., 1]), np.maximum(pv[..., 0], pv[..., 1])
+        pair_ids, inv = np.unique(lo * V + hi, return_inverse=True)
+        inv = inv.reshape(F, S)
+        cnt = np.zeros((2, len(pair_ids), C * C))
+        ps1 = np.zeros((2, F, S, C * C))
+        ps2 = np.zeros((2, F, S, C * C))
+        cached = self.cache
+        chunks = cached if cached is not None else ((c.f, c.fold, self.coarse(c.gt)) for c in rechunk())
+        bar = tqdm(desc="score: pass 2 (pairs)", unit="tok", disable=not progress)
+        for f, fold, cb in chunks:
+            for u, pid in enumerate(pair_ids):
+                jb = cb[pid // V] * C + cb[pid % V]
+                cnt[:, u] += np.bincount(fold * C * C + jb, minlength=2 * C * C).reshape(2, C * C)
+            coo = f.tocoo()
+            i, j, val = coo.row, coo.col, coo.data
+            fi = fold[i] * F + j
+            for s_ in range(S):
+                pid = pair_ids[inv[j, s_]]
+                idx = fi * (C * C) + cb[pid // V, i] * C + cb[pid % V, i]
+                ps1[:, :, s_] += np.bincount(idx, weights=val, minlength=2 * F * C * C).reshape(2, F, C * C)
+                ps2[:, :, s_] += np.bincount(idx, weights=val * val, minlength=2 * F * C * C).reshape(2, F, C * C)
+            bar.update(f.shape[0])
+        bar.close()
+        self.cache = None
+        pr2 = pair_eta(cnt[:, inv], ps1, ps2)  # (F, S)
+        return np.where(np.isnan(pr2), -np.inf, pr2)
+
+
+def pair_eta(cnt, s1, s2) -> np.ndarray:
+    """Cross-validated eta^2 with joint bins: cnt (2, F, S, J), s1/s2 (2, F, S, J) -> (F, S)."""
+    out, valid = 0, 0
+    for a, b in ((0, 1), (1, 0)):
+        n_a, n_b = cnt[a], cnt[b]
+        tot_a = s1[a].sum(-1, keepdims=True) / np.maximum(n_a.sum(-1, keepdims=True), 1e-12)
+        mean_a = np.where(n_a > 0, s1[a] / np.maximum(n_a, 1e-12), tot_a)
+        sse = (s2[b] - 2 * mean_a * s1[b] + n_b * mean_a**2).sum(-1)
+        sst = s2[b].sum(-1) - s1[b].sum(-1) ** 2 / np.maximum(n_b.sum(-1), 1e-12)
+        ok = sst > 1e-12 * np.maximum(s2[b].sum(-1), 1e-30)
+        out = out + np.where(ok, 1 - sse / np.where(ok, sst, 1), 0)
+        valid = valid + ok
+    with np.errstate(invalid="ignore"):
+        return np.clip(np.where(valid > 0, out / np.maximum(valid, 1), np.nan), -1, 1)
