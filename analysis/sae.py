@@ -144,7 +144,7 @@ def training_sae(cfg: SAETrainConfig, d_in: int):
     return cls(cfg_cls(**kw))
 
 
-def _trainer(cfg: SAETrainConfig, sae, batches, ckpt_dir: Path):
+def make_trainer(cfg: SAETrainConfig, sae, batches, ckpt_dir: Path):
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -185,7 +185,7 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
 
     batches = StoreBatches(tokens, cfg.batch_size, cfg.seed, cfg.shuffle_chunks)
     sae = training_sae(cfg, tokens.d_in)
-    trainer = _trainer(cfg, sae, batches, ckpt_dir)
+    trainer = make_trainer(cfg, sae, batches, ckpt_dir)
     last = sorted(ckpt_dir.glob("*"), key=lambda p: int(p.name.rsplit("_", 1)[-1])) if ckpt_dir.exists() else []
     if last:  # resume: weights, optimiser, schedulers, normalisation; then the data stream at the same place
         loaded = TrainingSAE.load_from_disk(last[-1], device=cfg.device)

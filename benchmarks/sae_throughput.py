@@ -14,7 +14,7 @@ import numpy as np
 import sae_lens.training.sae_trainer  # noqa: F401  (import cost paid before any timing)
 import torch
 
-from frobnolab.analysis.sae import SAETrainConfig, _trainer, train_sae, training_sae
+from frobnolab.analysis.sae import SAETrainConfig, make_trainer, train_sae, training_sae
 from frobnolab.analysis.store import ActivationStore
 
 
@@ -58,15 +58,14 @@ def main():
     cfg = SAETrainConfig(hook=args.hook, width=args.width, k=args.k, training_tokens=args.tokens,
                          batch_size=args.batch, checkpoints=0, normalize="none")
     tok = ActivationStore(args.store)[args.hook]
-    img = np.asarray(tok.where)[:, 0]
-    x = torch.from_numpy(np.asarray(tok.acts)[img % 8 != 7]).contiguous()
+    x = torch.from_numpy(tok.activations("train")).contiguous()
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         train_sae(args.store, f"{d}/a", cfg, progress=False, evaluate=False)
         ours = time.perf_counter() - t
         sae = training_sae(cfg, tok.d_in)
-        trainer = _trainer(cfg, sae, in_memory_batches(x, args.batch, 0), __import__("pathlib").Path(d) / "ck")
+        trainer = make_trainer(cfg, sae, in_memory_batches(x, args.batch, 0), __import__("pathlib").Path(d) / "ck")
         import sae_lens.training.sae_trainer as tm
         from functools import partial
 

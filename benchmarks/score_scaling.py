@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from frobnolab.analysis.sae import SAETrainConfig, train_sae
-from frobnolab.analysis.score import ScoreConfig, score_sae
+from frobnolab.analysis.run import score_sae
+from frobnolab.analysis.score import ScoreConfig
 from frobnolab.analysis.store import ExtractConfig, extract
 from frobnolab.scenes.dataset import RenderConfig, render_dataset
 
