@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from frobnolab.errors import UnknownNameError
 from frobnolab.files import atomic_folder
 
 from .report import feature_figure, feature_maps, save_figure
@@ -186,6 +187,8 @@ def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Pat
 
 def feature_figures(run: Run, feature: int, folder: Path, maps=None) -> dict[str, Path]:
     """Every picture of one feature, as PNG files in ``folder``: {kind: path}."""
+    if not 0 <= int(feature) < len(run.table["feature"]):
+        raise UnknownNameError(f"unknown feature {feature} (the SAE has features 0..{len(run.table['feature']) - 1})")
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     figures = run.store.domain.figures

@@ -24,7 +24,8 @@ from frobnolab.models.hooks import HookPoint
 from frobnolab.files import write_json
 
 from .score import ScoreConfig, score_features
-from .store import ActivationStore, ArrayTokens, ExtractConfig, extract
+from .store import ActivationStore, ExtractConfig, extract
+from .tokens import ArrayTokens
 
 
 class PoolProbe(torch.nn.Module):

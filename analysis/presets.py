@@ -13,6 +13,8 @@ first, then any option given explicitly.
 | quickstart | - | the main job's size on a CPU |
 """
 
+from frobnolab.errors import unknown
+
 PRESETS: dict[str, dict] = {
     "taesd-enc-mid": {"hook": "enc7", "architecture": "topk", "width": 512, "k": 16},
     "taesd-dec-mid": {"hook": "dec7", "architecture": "topk", "width": 512, "k": 16},
@@ -25,5 +27,5 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str) -> dict:
     if name not in PRESETS:
-        raise ValueError(f"unknown SAE preset {name!r} (known: {', '.join(PRESETS)})")
+        raise unknown("SAE preset", name, PRESETS)
     return dict(PRESETS[name])

@@ -39,7 +39,8 @@ def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, c
               *, hook: str | None = None, model=None, progress: bool = True, other_sae: str | Path | None = None,
               log=print) -> dict:
     """Score the SAE in ``sae_folder`` on its store; writes ``features.parquet``, ``summary.json`` and
-    ``report.md`` (with pictures) into ``out``. Returns the summary. Every input is checked before any work."""
+    ``report.md`` (with pictures) into ``out``. Returns the summary (as in summary.json, but with NaN where the
+    file, strict JSON, has null). Every input is checked before any work."""
     cfg = cfg or ScoreConfig()
     store = ActivationStore(store_path)
     sae_folder = Path(sae_folder)
@@ -69,4 +70,4 @@ def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, c
     write_table(scores.table, out / "features.parquet")
     write_json(out / "summary.json", summary)
     write_report(scores.table, summary, store, hook, sae, out)
-    return json.loads((out / "summary.json").read_text())
+    return summary

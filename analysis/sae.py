@@ -30,7 +30,8 @@ import torch
 
 from frobnolab.files import atomic_folder, atomic_write, write_json
 
-from .store import ActivationStore, HookTokens
+from .store import ActivationStore
+from .tokens import HookTokens
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk", "gated")
 

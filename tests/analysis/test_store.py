@@ -66,7 +66,9 @@ def test_non_finite_activations_are_refused_naming_hook_and_batch(tiny_dataset, 
 def test_extraction_resumes_and_subsamples_deterministically(tiny_dataset, tmp_path, monkeypatch):
     cfg = S.ExtractConfig(model="probe", dataset=str(tiny_dataset), batch_size=4, tokens_per_image=10, split="train")
     ref = S.ActivationStore(S.extract(cfg, tmp_path / "a", model=Probe(), progress=False))
-    real, calls = S._image_chunk, []
+    from frobnolab.analysis.domain import ImageDomain
+
+    real, calls = ImageDomain.extract, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -74,12 +76,12 @@ def test_extraction_resumes_and_subsamples_deterministically(tiny_dataset, tmp_p
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(S, "_image_chunk", flaky)
+    monkeypatch.setattr(ImageDomain, "extract", flaky)
     with pytest.raises(KeyboardInterrupt):
         S.extract(cfg, tmp_path / "b", model=Probe(), progress=False)
     assert not (tmp_path / "b").exists() and len(list((tmp_path / "b.partial" / "chunks").iterdir())) == 2
     calls.clear()
-    monkeypatch.setattr(S, "_image_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(ImageDomain, "extract", lambda *a, **k: calls.append(1) or real(*a, **k))
     res = S.ActivationStore(S.extract(cfg, tmp_path / "b", model=Probe(), progress=False))
     assert len(calls) == 2  # 14 training images in chunks of 4: two were left
     assert res.manifest["hooks"]["cells"]["sha256"] == ref.manifest["hooks"]["cells"]["sha256"]
