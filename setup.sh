@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs frobnolab and everything it needs into ./.venv on a fresh Debian/Ubuntu machine:
-#   the OSMesa library (headless OpenGL on a CPU), the CPU build of torch, then the project itself.
+#   the OSMesa library (headless OpenGL on a CPU), the CPU build of torch, then the project itself (with JupyterLab,
+#   for the gallery notebook).
 # Usage: bash setup.sh          (the lab; add Ray with: .venv/bin/pip install -e ".[ray]")
 #        bash setup.sh --dev    (the lab, Ray and the test tools)
 set -euo pipefail

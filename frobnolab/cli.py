@@ -7,6 +7,10 @@ the field and the reason; nothing is written.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import functools
+import inspect
 import shlex
 import sys
 import textwrap
@@ -53,6 +57,11 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``; ``""`` -> ``()``."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _cmd_train_ae(args) -> int:
     from frobnolab.models.conv_ae import ConvAEConfig
     from frobnolab.models.train import TrainAEConfig, train_autoencoder
@@ -79,9 +88,14 @@ def _cmd_train_field(args) -> int:
 
 
 def _cmd_extract(args) -> int:
+    from pathlib import Path
+
     from frobnolab.analysis.store import ActivationStore, ExtractConfig, extract
 
-    cfg = ExtractConfig(model=args.model, dataset=args.dataset, hooks=tuple(args.hooks.split(",")) if args.hooks else (),
+    # a model folder is recorded in the store's manifest: absolute, so that the store works from any directory
+    # (the gallery notebook's kernel runs in analysis/)
+    model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
+    cfg = ExtractConfig(model=model, dataset=args.dataset, hooks=args.hooks,
                         split=args.split, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
                         seed=args.seed, device=args.device)
     if args.workers and args.ray is None:
@@ -145,11 +159,13 @@ def _cmd_sweep_sae(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from frobnolab.analysis.score import ScoreConfig, score_sae
+    from frobnolab.analysis.run import score_sae
+    from frobnolab.analysis.score import ScoreConfig
 
-    cfg = ScoreConfig(holdout_concepts=tuple(args.holdout.split(",")) if args.holdout else (),
+    cfg = ScoreConfig(holdout_concepts=args.holdout,
                       max_tokens=args.max_tokens, n_null=args.nulls, causal_top=args.causal_top,
-                      causal_images=args.causal_images, bootstrap=args.bootstrap, seed=args.seed, device=args.device)
+                      causal_images=args.causal_images, bootstrap=args.bootstrap, scene_steps=args.scene_steps,
+                      seed=args.seed, device=args.device)
     s = score_sae(args.store, args.sae, args.out, cfg, hook=args.hook, progress=not args.quiet,
                   other_sae=args.other_sae, log=(lambda *_: None) if args.quiet else print)
     d = s["dictionary"]
@@ -195,7 +211,10 @@ def _cmd_quickstart(args) -> int:
     from pathlib import Path
 
     from frobnolab.analysis.pipeline import QUICKSTART_PRESETS, run_quickstart
+    from frobnolab.errors import unknown
 
+    if args.preset not in QUICKSTART_PRESETS:
+        raise unknown("quickstart preset", args.preset, QUICKSTART_PRESETS)
     taesd = args.taesd or os.environ.get("FROBNOLAB_TAESD_DIR")
     run = Path(args.out)
     times = run_quickstart(QUICKSTART_PRESETS[args.preset], run, taesd=taesd, workers=args.workers,
@@ -207,179 +226,313 @@ def _cmd_quickstart(args) -> int:
     print(f"  feature scores:          {run / 'scores' / 'report.md'}   table: {run / 'scores' / 'features.parquet'}")
     print(f"  feature gallery:         {run / 'gallery' / 'index.html'}   notebook: analysis/gallery.ipynb "
           f"(FROBNOLAB_RUN={run})")
-    if not taesd:
+    if taesd:
+        print(f"  TAESD SAE:               {run / 'taesd-sae' / 'sae'}   metrics: {run / 'taesd-sae' / 'training.json'}")
+        print(f"  TAESD feature scores:    {run / 'taesd-scores' / 'report.md'}   table: "
+              f"{run / 'taesd-scores' / 'features.parquet'}")
+        print(f"  TAESD feature gallery:   {run / 'taesd-gallery' / 'index.html'}")
+    else:
         print("  (give --taesd DIR or $FROBNOLAB_TAESD_DIR to study TAESD too)")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="frobnolab", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# ---------------------------------------------------------------------------------------- defaults and help text
+# Every option that sets a config field takes its default (and, unless the command line says it differently, its
+# help) from that field, so a default has one home: the dataclass. Each subcommand's options are added only when
+# that subcommand runs (or asks for --help), so `frobnolab families` never imports torch.
 
-    f = sub.add_parser("families", help="list the shipped scene families, or print one",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def default(owner, name: str):
+    """The default of field ``name`` of the dataclass ``owner`` (its ``default_factory`` called), or of parameter
+    ``name`` of the function ``owner``."""
+    if dataclasses.is_dataclass(owner):
+        for f in dataclasses.fields(owner):
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    return f.default_factory()
+                raise TypeError(f"{owner.__name__}.{name} has no default")
+        raise TypeError(f"{owner.__name__} has no field {name!r}")
+    param = inspect.signature(owner).parameters.get(name)
+    if param is None or param.default is inspect.Parameter.empty:
+        raise TypeError(f"{owner.__name__}() has no parameter {name!r} with a default")
+    return param.default
+
+
+@functools.cache
+def _field_docs(cls) -> dict[str, str]:
+    """Each field's documentation: the string literal on the line under it in the class body."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: " ".join(nxt.value.value.split()).replace("``", "")
+            for node, nxt in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)}
+
+
+def doc(cls, name: str) -> str:
+    """The documentation of field ``name`` of the dataclass ``cls``, as an argparse help string."""
+    if name not in _field_docs(cls):
+        raise TypeError(f"{cls.__name__}.{name} has no documentation line")
+    return _field_docs(cls)[name].replace("%", "%%")
+
+
+def _option(sp, flag: str, cls, name: str, *, help: str | None = None, preset: bool = False, **kw):
+    """Add ``flag`` for field ``name`` of ``cls``: default from the field, help from its documentation line.
+
+    ``preset=True``: the option's default is None (a preset's value, else the field's, applies; see _sae_config),
+    and the help says the field's default."""
+    d = default(cls, name)
+    if isinstance(d, (int, float)) and not isinstance(d, bool):
+        kw.setdefault("type", type(d))
+    help = help or doc(cls, name)
+    if preset:
+        kw["default"] = None
+        help += f" (default: {_shown(d)}, or the preset's)"
+    else:
+        kw.setdefault("default", d)
+    sp.add_argument(flag, help=help, **kw)
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none (None, empty) or its help already says it."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if not action.help or "default" in action.help or d is None or d is argparse.SUPPRESS or d is False or \
+                (isinstance(d, (str, tuple)) and not d):
+            return action.help
+        return f"{action.help} (default: {_shown(d).replace('%', '%%')})"
+
+
+def _seed_device(sp, cls, device: bool = True):
+    _option(sp, "--seed", cls, "seed")
+    if device:
+        _option(sp, "--device", cls, "device")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _ray_option(sp, help: str):
+    sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help=help)
+
+
+# ---------------------------------------------------------------------------------------------- the subcommands
+# name -> (one-line help, function adding its options)
+COMMANDS: dict[str, tuple[str, object]] = {}
+
+
+def _command(name: str, help: str):
+    def register(add_options):
+        COMMANDS[name] = (help, add_options)
+        return add_options
+    return register
+
+
+@_command("families", "list the shipped scene families, or print one")
+def _families_options(f):
     f.add_argument("action", choices=["list", "describe"], nargs="?", default="list",
                    help="list: one line per shipped family; describe: print a family's file")
     f.add_argument("name", nargs="?", help="family name or file, for describe")
     f.set_defaults(run=_cmd_families)
 
-    r = sub.add_parser("render", help="render a scene family into a dataset with exact ground truth",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+@_command("render", "render a scene family into a dataset with exact ground truth")
+def _render_options(r):
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
     r.add_argument("family", help="a shipped family name (see `frobnolab families`) or a family file (.yaml/.toml)")
-    r.add_argument("--n", type=int, default=64, help="number of images")
-    r.add_argument("--size", type=int, default=None, help="image side in pixels (default: the family's)")
-    r.add_argument("--seed", type=int, default=0, help="dataset seed; same family + seed gives identical bytes")
+    _option(r, "--n", RenderConfig, "n")
+    _option(r, "--size", RenderConfig, "size", type=int, help="image side in pixels (square; default: the family's)")
+    _option(r, "--seed", RenderConfig, "seed")
     r.add_argument("--out", required=True, help="dataset folder to write (made atomically)")
-    r.add_argument("--workers", type=int, default=0,
+    r.add_argument("--workers", type=int, default=default(render_dataset, "workers"),
                    help="render processes (Ray actors with --ray); 0 = one per core, 1 = in-process")
-    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the shards on Ray: alone, a local Ray started here; or a cluster's address "
-                        "(auto, HOST:PORT, ray://HOST:10001). Needs pip install 'frobnolab[ray]'")
-    r.add_argument("--shard-size", type=int, default=16, help="images per shard (chunk, work and resume unit)")
+    _ray_option(r, "run the shards on Ray: alone, a local Ray started here; or a cluster's address "
+                   "(auto, HOST:PORT, ray://HOST:10001). Needs pip install 'frobnolab[ray]'")
+    _option(r, "--shard-size", RenderConfig, "shard_size")
     r.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_render)
 
-    def common(sp, device=True):
-        sp.add_argument("--seed", type=int, default=0, help="seed of initialisation and sampling")
-        if device:
-            sp.add_argument("--device", default="cpu", help="cpu or cuda")
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    t = sub.add_parser("train-ae", help="train the small convolutional autoencoder on a dataset", formatter_class=fmt)
+@_command("train-ae", "train the small convolutional autoencoder on a dataset")
+def _train_ae_options(t):
+    from frobnolab.models.conv_ae import ConvAEConfig
+    from frobnolab.models.train import TrainAEConfig
+
     t.add_argument("dataset", help="dataset folder (frobnolab render)")
     t.add_argument("--out", required=True, help="model folder to write (model.safetensors, model.json, training.json)")
-    t.add_argument("--channels", type=_ints, default=(16, 32, 64), help="encoder block channels, e.g. 16,32,64")
-    t.add_argument("--latent-channels", type=int, default=8, help="channels of the bottleneck code")
-    t.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-    t.add_argument("--batch-size", type=int, default=32, help="images per step")
-    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    common(t)
+    _option(t, "--channels", ConvAEConfig, "channels", type=_ints)
+    _option(t, "--latent-channels", ConvAEConfig, "latent_channels")
+    for flag, name in (("--steps", "steps"), ("--batch-size", "batch_size"), ("--lr", "lr")):
+        _option(t, flag, TrainAEConfig, name)
+    _seed_device(t, TrainAEConfig)
     t.set_defaults(run=_cmd_train_ae)
 
-    t = sub.add_parser("train-field", help="train a NeRF-style coordinate field on a single-scene dataset",
-                       formatter_class=fmt)
+
+@_command("train-field", "train a NeRF-style coordinate field on a single-scene dataset")
+def _train_field_options(t):
+    from frobnolab.models.field import FieldConfig
+    from frobnolab.models.train import TrainFieldConfig
+
     t.add_argument("dataset", help="dataset folder of one scene from many views (e.g. family `single`)")
     t.add_argument("--out", required=True, help="model folder to write")
-    t.add_argument("--mode", choices=["volume", "direct", "both"], default="both",
-                   help="volume: photometric loss through volume rendering; direct: regression on exact 3D ground "
-                        "truth; both: their sum")
-    t.add_argument("--hidden", type=int, default=128, help="width of the MLP trunk")
-    t.add_argument("--layers", type=int, default=4, help="hidden layers of the trunk")
-    t.add_argument("--freqs", type=int, default=8, help="Fourier octaves of the position encoding")
-    t.add_argument("--steps", type=int, default=3000, help="optimiser steps")
-    t.add_argument("--samples", type=int, default=24, help="evenly spaced samples per ray (volume rendering)")
-    t.add_argument("--importance", type=int, default=24,
-                   help="more samples per ray where the first found the surfaces (0: none)")
-    t.add_argument("--max-seconds", type=float, default=0.0,
-                   help="stop after this long (0: no limit); the learning rate then decays over this time")
-    t.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate")
-    common(t)
+    _option(t, "--mode", TrainFieldConfig, "mode", choices=["volume", "direct", "both"])
+    for flag, name in (("--hidden", "hidden"), ("--layers", "layers"), ("--freqs", "n_freqs")):
+        _option(t, flag, FieldConfig, name)
+    _option(t, "--steps", TrainFieldConfig, "steps")
+    _option(t, "--samples", TrainFieldConfig, "samples_per_ray")
+    _option(t, "--importance", TrainFieldConfig, "importance_samples",
+            help="more samples per ray where the first found the surfaces (0: none)")
+    _option(t, "--max-seconds", TrainFieldConfig, "max_seconds")
+    _option(t, "--lr", TrainFieldConfig, "lr")
+    _seed_device(t, TrainFieldConfig)
     t.set_defaults(run=_cmd_train_field)
 
-    e = sub.add_parser("extract", help="store a model's activations as tokens with their ground truth",
-                       formatter_class=fmt)
+
+@_command("extract", "store a model's activations as tokens with their ground truth")
+def _extract_options(e):
+    from frobnolab.analysis.store import ExtractConfig
+
     e.add_argument("--model", required=True,
                    help="saved model folder, or taesd[:PATH], taesdxl[:PATH], random-taesd[:SEED], sd-vae[:SOURCE]")
     e.add_argument("--dataset", required=True, help="dataset folder")
-    e.add_argument("--hooks", default="", help="comma-separated hook point names or module paths (default: all; "
-                                               "see `frobnolab hooks MODEL`)")
+    _option(e, "--hooks", ExtractConfig, "hooks", type=_names,
+            help="comma-separated hook point names or module paths (default: all; see `frobnolab hooks MODEL`)")
     e.add_argument("--out", required=True, help="activation store folder to write")
-    e.add_argument("--split", choices=["train", "test", "all"], default="all", help="which images")
-    e.add_argument("--batch-size", type=int, default=16, help="images per forward pass and per chunk")
-    e.add_argument("--tokens-per-image", type=int, default=0,
-                   help="random tokens kept per image and hook point (0: all); fields: rays per image")
+    _option(e, "--split", ExtractConfig, "split", choices=["train", "test", "all"])
+    _option(e, "--batch-size", ExtractConfig, "batch_size")
+    _option(e, "--tokens-per-image", ExtractConfig, "tokens_per_image")
     e.add_argument("--force", action="store_true", help="replace a different store already at --out")
-    e.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the chunks on Ray actors, each loading the model once (one GPU each with --device "
-                        "cuda): alone, a local Ray; or a cluster's address (auto, HOST:PORT, ray://HOST:10001)")
+    _ray_option(e, "run the chunks on Ray actors, each loading the model once (one GPU each with --device cuda): "
+                   "alone, a local Ray; or a cluster's address (auto, HOST:PORT, ray://HOST:10001)")
     e.add_argument("--workers", type=int, default=0, help="Ray actors (with --ray); 0 = one per CPU (GPU) of the cluster")
-    common(e)
+    _seed_device(e, ExtractConfig)
     e.set_defaults(run=_cmd_extract)
 
-    def sae_options(sp):
-        sp.add_argument("store", help="activation store folder (frobnolab extract)")
-        sp.add_argument("--out", required=True, help="output folder")
-        sp.add_argument("--preset", help="named preset applied first (see frobnolab.analysis.presets)")
-        sp.add_argument("--hook", help="hook point of the store to train on")
-        sp.add_argument("--tokens", type=int, help="training tokens (default 500000)")
-        sp.add_argument("--batch-size", type=int, help="tokens per step (default 1024)")
-        sp.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
-        sp.add_argument("--lr-schedule", help="sae-lens scheduler: constant, cosineannealing, ...")
-        sp.add_argument("--normalize", help="sae-lens activation normalisation (default expected_average_only_in)")
-        sp.add_argument("--seed", type=int, help="seed (default 0)")
-        sp.add_argument("--device", help="cpu or cuda (default cpu)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    t = sub.add_parser("train-sae", help="train a sparse autoencoder with sae-lens on an activation store")
-    sae_options(t)
-    t.add_argument("--architecture", help="standard, topk, batchtopk, jumprelu, matryoshka_batchtopk, gated "
-                                          "(default topk)")
-    t.add_argument("--width", type=int, help="latents (default 256)")
-    t.add_argument("--k", type=int, help="active latents (TopK family; default 16)")
-    t.add_argument("--sparsity", type=float, help="L1 (standard, gated) or L0 (jumprelu) coefficient (default 1)")
+@_command("hooks", "list a model's documented hook points")
+def _hooks_options(k):
+    k.add_argument("model", help="saved model folder or pretrained name (as for extract --model)")
+    k.set_defaults(run=_cmd_hooks)
+
+
+def _sae_options(sp):
+    from frobnolab.analysis.sae import SAETrainConfig
+
+    sp.add_argument("store", help="activation store folder (frobnolab extract)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--preset", help="named preset applied first (see frobnolab.analysis.presets)")
+    sp.add_argument("--hook", help="hook point of the store to train on (or a preset's)")
+    for flag, name in (("--tokens", "training_tokens"), ("--batch-size", "batch_size"), ("--lr", "lr"),
+                       ("--lr-schedule", "lr_schedule"), ("--normalize", "normalize"), ("--seed", "seed"),
+                       ("--device", "device")):
+        _option(sp, flag, SAETrainConfig, name, preset=True)
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    return SAETrainConfig
+
+
+@_command("train-sae", "train a sparse autoencoder with sae-lens on an activation store")
+def _train_sae_options(t):
+    from frobnolab.analysis.sae import ARCHITECTURES
+
+    cfg = _sae_options(t)
+    _option(t, "--architecture", cfg, "architecture", preset=True,
+            help="sae-lens training architecture: " + ", ".join(ARCHITECTURES))
+    for flag, name in (("--width", "width"), ("--k", "k"), ("--sparsity", "sparsity")):
+        _option(t, flag, cfg, name, preset=True)
     t.set_defaults(run=_cmd_train_sae)
 
-    t = sub.add_parser("sweep-sae", help="train a grid of SAEs on one store and plot the sparsity-fidelity frontier")
-    sae_options(t)
+
+@_command("sweep-sae", "train a grid of SAEs on one store and plot the sparsity-fidelity frontier")
+def _sweep_sae_options(t):
+    _sae_options(t)
     t.add_argument("--architectures", default="topk", help="comma-separated architectures")
     t.add_argument("--widths", default="128,256", help="comma-separated widths")
     t.add_argument("--ks", default="4,8,16", help="comma-separated k values (TopK family)")
     t.add_argument("--sparsities", default="0.3,1,3", help="comma-separated coefficients (other architectures)")
     t.set_defaults(run=_cmd_sweep_sae)
 
-    t = sub.add_parser("score", help="score every SAE feature against ground truth and the optimal output",
-                       formatter_class=fmt)
+
+@_command("score", "score every SAE feature against ground truth and the optimal output")
+def _score_options(t):
+    from frobnolab.analysis.score import ScoreConfig
+
     t.add_argument("store", help="activation store the SAE was trained on")
     t.add_argument("sae", help="SAE folder (frobnolab train-sae)")
     t.add_argument("--out", required=True, help="folder for features.parquet, summary.json, report.md")
     t.add_argument("--hook", help="hook point (default: the SAE's training record)")
-    t.add_argument("--holdout", default="", help="comma-separated concepts withheld from the named set")
-    t.add_argument("--max-tokens", type=int, default=0, help="held-out tokens scored (0: all)")
-    t.add_argument("--nulls", type=int, default=32, help="random-direction null features")
-    t.add_argument("--causal-top", type=int, default=64, help="features ablated exactly")
-    t.add_argument("--causal-images", type=int, default=16, help="held-out images for causal effects")
-    t.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for frobnoloid intervals")
+    _option(t, "--holdout", ScoreConfig, "holdout_concepts", type=_names,
+            help="comma-separated concepts withheld from the named set (they stay ground truth for scene_r2 and "
+                 "for recovery)")
+    for flag, name in (("--max-tokens", "max_tokens"), ("--nulls", "n_null"), ("--causal-top", "causal_top"),
+                       ("--causal-images", "causal_images"), ("--bootstrap", "bootstrap"),
+                       ("--scene-steps", "scene_steps")):
+        _option(t, flag, ScoreConfig, name)
     t.add_argument("--other-sae", help="a second SAE (another seed) for the stability score")
-    common(t)
+    _seed_device(t, ScoreConfig)
     t.set_defaults(run=_cmd_score)
 
-    t = sub.add_parser("validate-scorer", help="run the scorer on planted truth and check it recovers it",
-                       formatter_class=fmt)
+
+@_command("validate-scorer", "run the scorer on planted truth and check it recovers it")
+def _validate_scorer_options(t):
+    from frobnolab.analysis.planted import validate_scorer
+
     t.add_argument("--out", required=True, help="folder for the tokens and validation.json")
     t.add_argument("--dataset", help="dataset folder to plant units on (default: render clutter)")
     t.add_argument("--n", type=int, default=160, help="images to render when no dataset is given")
-    common(t, device=False)
+    t.add_argument("--seed", type=int, default=default(validate_scorer, "seed"), help="seed of the render and the units")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_validate_scorer)
 
-    t = sub.add_parser("gallery", help="write a scored run's feature gallery as a static HTML site",
-                       formatter_class=fmt)
+
+@_command("gallery", "write a scored run's feature gallery as a static HTML site")
+def _gallery_options(t):
+    from frobnolab.analysis.gallery import build_gallery
+
     t.add_argument("run_dir", metavar="RUN", help="run folder (with scores/) or a scores folder")
     t.add_argument("--out", required=True, help="folder for index.html and the feature pages")
-    t.add_argument("--pages", type=int, default=24, help="features that get a page of pictures")
+    t.add_argument("--pages", type=int, default=default(build_gallery, "n_pages"),
+                   help="features that get a page of pictures")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_gallery)
 
-    k = sub.add_parser("hooks", help="list a model's documented hook points", formatter_class=fmt)
-    k.add_argument("model", help="saved model folder or pretrained name (as for extract --model)")
-    k.set_defaults(run=_cmd_hooks)
 
-    q = sub.add_parser("quickstart", help="run the main job end to end on an embedded default",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--preset", choices=["quickstart", "tiny"], default="quickstart",
-                   help="size of the run: tiny (seconds, for tests) or quickstart (minutes)")
+@_command("quickstart", "run the main job end to end on an embedded default")
+def _quickstart_options(q):
+    from frobnolab.analysis.pipeline import QUICKSTART_PRESETS, run_quickstart
+
+    q.add_argument("--preset", default="quickstart",
+                   help=f"size of the run, one of: {', '.join(QUICKSTART_PRESETS)} (tiny: seconds, for tests; "
+                        "quickstart: minutes)")
     q.add_argument("--out", default="runs/quickstart", help="run folder; each stage writes a subfolder")
-    q.add_argument("--workers", type=int, default=0, help="render processes; 0 = one per core")
-    q.add_argument("--taesd", help="folder of TAESD weights (taesd_encoder/decoder.safetensors) to study TAESD too")
+    q.add_argument("--workers", type=int, default=default(run_quickstart, "workers"),
+                   help="render processes; 0 = one per core")
+    q.add_argument("--taesd", help="folder of TAESD weights (taesd_encoder/decoder.safetensors) to study TAESD too "
+                                   "(default: $FROBNOLAB_TAESD_DIR)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(run=_cmd_quickstart)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``command``, only that subcommand gets its options (and imports what they need):
+    the others are listed but empty."""
+    p = argparse.ArgumentParser(prog="frobnolab", description=__doc__.splitlines()[0], formatter_class=_Help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help, add_options) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+        if command is None or command == name:
+            add_options(sp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     try:
         return args.run(args)
     except (ValueError, FileExistsError, FileNotFoundError, ImportError, ConnectionError) as e:
