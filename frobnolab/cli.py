@@ -43,7 +43,8 @@ def _ray_config(args):
 def _cmd_render(args) -> int:
     from frobnolab.scenes.dataset import RenderConfig, render_dataset
 
-    cfg = RenderConfig(family=args.family, n=args.n, size=args.size, seed=args.seed, shard_size=args.shard_size)
+    cfg = RenderConfig(family=args.family, n=args.n, size=args.size, seed=args.seed, shard_size=args.shard_size,
+                       holdout_every=args.holdout_every)
     out = render_dataset(cfg, args.out, workers=args.workers, force=args.force, progress=not args.quiet,
                          command=shlex.join(["frobnolab"] + sys.argv[1:]), ray=_ray_config(args))
     print(f"dataset: {out}")
@@ -97,7 +98,7 @@ def _cmd_extract(args) -> int:
     model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
     cfg = ExtractConfig(model=model, dataset=args.dataset, hooks=args.hooks,
                         split=args.split, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
-                        seed=args.seed, device=args.device)
+                        concepts=args.concepts, seed=args.seed, device=args.device)
     if args.workers and args.ray is None:
         raise ValueError("extract --workers: only with --ray (a local extraction runs in this process)")
     out = extract(cfg, args.out, force=args.force, progress=not args.quiet, ray=_ray_config(args))
@@ -118,7 +119,7 @@ def _cmd_hooks(args) -> int:
     return 0
 
 
-def _sae_config(args, hook_required=True):
+def _sae_config(args):
     from frobnolab.analysis.presets import preset
     from frobnolab.analysis.sae import SAETrainConfig
 
@@ -227,7 +228,8 @@ def _cmd_quickstart(args) -> int:
     print(f"  feature gallery:         {run / 'gallery' / 'index.html'}   notebook: analysis/gallery.ipynb "
           f"(FROBNOLAB_RUN={run})")
     if taesd:
-        print(f"  TAESD SAE:               {run / 'taesd-sae' / 'sae'}   metrics: {run / 'taesd-sae' / 'training.json'}")
+        print(f"  TAESD SAE:               {run / 'taesd-sae' / 'sae'}   metrics: "
+              f"{run / 'taesd-sae' / 'training.json'}")
         print(f"  TAESD feature scores:    {run / 'taesd-scores' / 'report.md'}   table: "
               f"{run / 'taesd-scores' / 'features.parquet'}")
         print(f"  TAESD feature gallery:   {run / 'taesd-gallery' / 'index.html'}")
@@ -317,7 +319,9 @@ def _seed_device(sp, cls, device: bool = True):
 
 
 def _ray_option(sp, help: str):
-    sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help=help)
+    from frobnolab.scenes.cluster import RayConfig
+
+    sp.add_argument("--ray", nargs="?", const=default(RayConfig, "address"), metavar="ADDRESS", help=help)
 
 
 # ---------------------------------------------------------------------------------------------- the subcommands
@@ -354,6 +358,7 @@ def _render_options(r):
     _ray_option(r, "run the shards on Ray: alone, a local Ray started here; or a cluster's address "
                    "(auto, HOST:PORT, ray://HOST:10001). Needs pip install 'frobnolab[ray]'")
     _option(r, "--shard-size", RenderConfig, "shard_size")
+    _option(r, "--holdout-every", RenderConfig, "holdout_every")
     r.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_render)
@@ -407,10 +412,15 @@ def _extract_options(e):
     _option(e, "--split", ExtractConfig, "split", choices=["train", "test", "all"])
     _option(e, "--batch-size", ExtractConfig, "batch_size")
     _option(e, "--tokens-per-image", ExtractConfig, "tokens_per_image")
+    _option(e, "--concepts", ExtractConfig, "concepts", type=_names,
+            help="comma-separated concepts to store, by name or by import path module:function (default: every "
+                 "registered concept of the model's kind)")
     e.add_argument("--force", action="store_true", help="replace a different store already at --out")
     _ray_option(e, "run the chunks on Ray actors, each loading the model once (one GPU each with --device cuda): "
                    "alone, a local Ray; or a cluster's address (auto, HOST:PORT, ray://HOST:10001)")
-    e.add_argument("--workers", type=int, default=0, help="Ray actors (with --ray); 0 = one per CPU (GPU) of the cluster")
+    from frobnolab.scenes.cluster import RayConfig
+
+    _option(e, "--workers", RayConfig, "workers", help="Ray actors (with --ray); 0 = one per CPU (GPU) of the cluster")
     _seed_device(e, ExtractConfig)
     e.set_defaults(run=_cmd_extract)
 
@@ -485,7 +495,8 @@ def _validate_scorer_options(t):
     t.add_argument("--out", required=True, help="folder for the tokens and validation.json")
     t.add_argument("--dataset", help="dataset folder to plant units on (default: render clutter)")
     t.add_argument("--n", type=int, default=160, help="images to render when no dataset is given")
-    t.add_argument("--seed", type=int, default=default(validate_scorer, "seed"), help="seed of the render and the units")
+    t.add_argument("--seed", type=int, default=default(validate_scorer, "seed"),
+                   help="seed of the render and the units")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_validate_scorer)
 

@@ -29,7 +29,8 @@ def test_cli_defaults_are_the_config_defaults():
     from frobnolab.scenes.dataset import RenderConfig
 
     r, rc = build_parser("render").parse_args(["render", "shapes", "--out", "x"]), RenderConfig("shapes")
-    assert (r.n, r.size, r.seed, r.shard_size) == (rc.n, rc.size, rc.seed, rc.shard_size)
+    assert (r.n, r.size, r.seed, r.shard_size, r.holdout_every) == (rc.n, rc.size, rc.seed, rc.shard_size,
+                                                                   rc.holdout_every)
     a = build_parser("train-ae").parse_args(["train-ae", "d", "--out", "x"])
     ae = TrainAEConfig()
     assert (a.channels, a.latent_channels, a.steps, a.batch_size, a.lr, a.seed, a.device) == (
@@ -80,6 +81,14 @@ def test_train_sae_unknown_preset_is_one_line(tiny_run, tmp_path, capsys):
     assert main(["train-sae", str(tiny_run / "store"), "--preset", "no-such-preset", "--out", str(out)]) == 2
     _one_line_naming(capsys, "no-such-preset")
     assert not out.exists()
+
+
+def test_extract_unknown_concept_is_one_line(tiny_run, tmp_path, capsys):
+    out = tmp_path / "store"
+    assert main(["extract", "--model", str(tiny_run / "ae"), "--dataset", str(tiny_run / "render"), "--concepts",
+                 "depth,no_such_concept", "--out", str(out), "--quiet"]) == 2
+    _one_line_naming(capsys, "no_such_concept")
+    assert not out.exists() and not out.with_name("store.partial").exists()
 
 
 def test_score_unknown_hook_is_one_line(tiny_run, tmp_path, capsys):

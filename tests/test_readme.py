@@ -16,8 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- walkthrough:", "<!-- walkthrough end -->"
+MARK = "+++walkthrough+++"  # printed before each command, so that a failure shows that command's output only
 
 # (pattern, replacement): regular expressions applied to each command, in order
 SIZES = [
@@ -32,10 +35,22 @@ SIZES = [
     (r"--ks 4,8,16", "--ks 2"),
     (r"^frobnolab score ", "frobnolab score --nulls 8 --bootstrap 5 --causal-top 8 --scene-steps 50 "),
     (r"^frobnolab gallery ", "frobnolab gallery --pages 2 "),
-    # a server would not return: run the notebook headless instead, its kernel in analysis/ as JupyterLab starts it
-    # (that JupyterLab itself is installed is checked apart)
-    (r"jupyter lab (analysis/gallery\.ipynb)", r"jupyter execute \1"),
+    # a server would not return: run the notebook headless instead, its kernel started in the notebook's folder as
+    # JupyterLab starts it (that JupyterLab itself starts is checked apart)
+    (r"jupyter lab (analysis/gallery\.ipynb)", r"python .run_notebook.py \1"),
 ]
+
+# What `jupyter lab NOTEBOOK` would run, headless: every cell, the kernel in the notebook's folder. (nbclient's API, not
+# `jupyter execute`, which hangs now and then in this environment.)
+RUN_NOTEBOOK = """
+import sys
+from pathlib import Path
+import nbclient, nbformat
+path = Path(sys.argv[1])
+nbclient.NotebookClient(nbformat.read(path, as_version=4), timeout=300, startup_timeout=120, kernel_name="python3",
+                        resources={"metadata": {"path": str(path.parent)}}).execute()
+print(f"{path}: every cell ran")
+"""
 
 # pattern: why the command is not run here
 LEFT_OUT = {
@@ -78,7 +93,7 @@ def test_walkthrough_commands_are_found_and_shrunk():
     commands = walkthrough((ROOT / "README.md").read_text())
     assert commands[0] == "source .venv/bin/activate"
     run, left = tiny(commands)
-    assert all(re.match(r"(frobnolab|FROBNOLAB_\w+=\S+ jupyter|source) ", c) for c in run), run
+    assert all(re.match(r"(frobnolab|FROBNOLAB_RUN=\S+ python \.run_notebook\.py|source) ", c) for c in run), run
     assert [c for c, _ in left] and len(run) + len(left) == len(commands)
     # every output goes under one run folder that git ignores, never into a source package
     for cmd in commands:
@@ -95,19 +110,27 @@ def test_readme_walkthrough_runs_top_to_bottom(tmp_path, taesd_dir):
         ".git", ".venv", "runs", "data", "stores", "saes", "sweeps", "__pycache__", "*.egg-info", ".pytest_cache",
         ".hypothesis"))
     (work / ".venv").symlink_to(Path(sys.prefix))  # the README's `source .venv/bin/activate` finds this venv
+    (work / ".run_notebook.py").write_text(RUN_NOTEBOOK)
     step = work / ".walkthrough-step"
     script = ["set -eo pipefail"]
     for cmd in run:
-        script += [f"printf '%s' {shlex.quote(cmd)} > {shlex.quote(str(step))}", cmd]
+        script += [f"printf '%s' {shlex.quote(cmd)} > {shlex.quote(str(step))}",
+                   f"printf '\\n%s %s\\n' {MARK} {shlex.quote(cmd)}", cmd]
     script.append(f"rm {shlex.quote(str(step))}")
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1", "FROBNOLAB_TAESD_DIR": str(taesd_dir),
            "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
-    r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True,
-                       timeout=900)
+    proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=work, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the shell and whatever it started (a notebook kernel, render workers)
+        output, _ = proc.communicate()
+        pytest.fail(f"README walkthrough command ran past 15 minutes: {step.read_text()}\n{output[-4000:]}")
     failed = step.read_text() if step.exists() else None
-    assert r.returncode == 0 and failed is None, (
-        f"README walkthrough command failed (exit {r.returncode}): {failed}\n--- its output (tail):\n"
-        f"{(r.stdout + r.stderr)[-4000:]}")
+    assert proc.returncode == 0 and failed is None, (
+        f"README walkthrough command failed (exit {proc.returncode}): {failed}\n--- its output (tail):\n"
+        f"{output.rpartition(MARK)[2][-4000:]}")
     for made in ("runs/walkthrough/data/shapes/manifest.json", "runs/walkthrough/models/field/model.json",
                  "runs/walkthrough/stores/taesd/manifest.json", "runs/walkthrough/sweeps/ae-enc1/frontier.png",
                  "runs/walkthrough/scores/taesd/summary.json", "runs/walkthrough/gallery/index.html"):
