@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,8 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
     from tqdm.auto import tqdm
 
     cfg.check()
+    if Path(cfg.model).is_dir():  # a model folder is recorded (and loaded by workers) by its absolute path
+        cfg = replace(cfg, model=str(Path(cfg.model).resolve()))
     ds = Dataset(cfg.dataset)
     gpus_per_worker = 1 if cfg.device.startswith("cuda") else 0
     if ray is not None:  # reachable, and with GPUs if they are asked for, before anything is written

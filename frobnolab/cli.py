@@ -89,14 +89,9 @@ def _cmd_train_field(args) -> int:
 
 
 def _cmd_extract(args) -> int:
-    from pathlib import Path
-
     from frobnolab.analysis.store import ActivationStore, ExtractConfig, extract
 
-    # a model folder is recorded in the store's manifest: absolute, so that the store works from any directory
-    # (the gallery notebook's kernel runs in analysis/)
-    model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
-    cfg = ExtractConfig(model=model, dataset=args.dataset, hooks=args.hooks,
+    cfg = ExtractConfig(model=args.model, dataset=args.dataset, hooks=args.hooks,
                         split=args.split, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
                         concepts=args.concepts, seed=args.seed, device=args.device)
     if args.workers and args.ray is None:
