@@ -104,3 +104,21 @@ def _run_killing_a_shard_worker(fn, timeout: float = 120):
 @pytest.fixture
 def run_killing_a_shard_worker():
     return _run_killing_a_shard_worker
+
+
+@pytest.fixture
+def vanishing_family(tmp_path, monkeypatch):
+    """A family file that the driver can load and that is gone by the time a worker sets up (its set-up fails)."""
+    from frobnolab.scenes import family as F
+
+    fam = tmp_path / "fam.yaml"
+    fam.write_text("name: t\nobjects: [{shape: sphere}]\n")
+    real = F.load_family
+
+    def load_then_remove(path):
+        out = real(path)
+        fam.unlink(missing_ok=True)
+        return out
+
+    monkeypatch.setattr(F, "load_family", load_then_remove)
+    return fam

@@ -1,15 +1,23 @@
 import json
+import shutil
 
 from frobnolab.cli import main
 
 
-def test_quickstart_tiny_runs_every_stage_and_resumes(tmp_path, capsys, taesd_dir):
+def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys, taesd_dir):
+    # the session's tiny run (made by the same function) has the autoencoder's stages; TAESD's are added here
     run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    made = json.loads((run / "stages.json").read_text())["seconds"]
     assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1",
                  "--taesd", str(taesd_dir)]) == 0
     out = capsys.readouterr().out
-    assert "run folder" in out and "preview.png" in out
-    stages = json.loads((run / "stages.json").read_text())["seconds"]
+    assert "run folder" in out and "preview.png" in out and "TAESD feature gallery" in out
+    done = json.loads((run / "stages.json").read_text())
+    stages = done["seconds"]
+    # the autoencoder's stages were up to date in the copy, except the extraction: a store's key holds the dataset's
+    # absolute path, which the copy changed
+    assert set(made) - set(done["skipped"]) == {"extract"}
     assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "gallery",
                            "extract-taesd",
                            "train-sae-taesd", "score-taesd", "gallery-taesd"}

@@ -62,20 +62,10 @@ def test_a_worker_set_up_error_is_raised_once_with_its_message(ray_local, caplog
     assert time.monotonic() - t0 < 60
 
 
-def test_a_render_worker_set_up_error_is_raised_with_its_message(ray_local, tmp_path, monkeypatch):
-    from frobnolab.scenes import family as F
+def test_a_render_worker_set_up_error_is_raised_with_its_message(ray_local, tmp_path, vanishing_family):
     from frobnolab.scenes import FamilyError
 
-    fam = tmp_path / "fam.yaml"
-    fam.write_text("name: t\nobjects: [{shape: sphere}]\n")
-    real = F.load_family
-
-    def load_then_remove(path):  # the driver validates the file; then it goes, so each worker's set-up fails
-        out = real(path)
-        fam.unlink(missing_ok=True)
-        return out
-
-    monkeypatch.setattr(F, "load_family", load_then_remove)
+    fam = vanishing_family
     with pytest.raises(FamilyError, match=f"{fam}.*cannot read"):
         render_dataset(RenderConfig(str(fam), n=4, size=16, shard_size=2), tmp_path / "d", progress=False,
                        ray=ray_local)

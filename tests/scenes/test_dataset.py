@@ -147,20 +147,10 @@ def test_a_killed_render_worker_stops_the_run_with_an_error_and_it_resumes(ds_pa
         json.loads((ref / "manifest.json").read_text())["dataset_sha256"]
 
 
-def test_a_render_worker_set_up_error_is_raised_with_its_message(tmp_path, monkeypatch):
+def test_a_render_worker_set_up_error_is_raised_with_its_message(tmp_path, vanishing_family):
     from frobnolab.scenes import FamilyError
-    from frobnolab.scenes import family as F
 
-    fam = tmp_path / "fam.yaml"
-    fam.write_text("name: t\nobjects: [{shape: sphere}]\n")
-    real = F.load_family
-
-    def load_then_remove(path):  # the driver validates the file; then it goes, so each worker's set-up fails
-        out = real(path)
-        fam.unlink(missing_ok=True)
-        return out
-
-    monkeypatch.setattr(F, "load_family", load_then_remove)
+    fam = vanishing_family
     with pytest.raises(FamilyError, match=f"{fam}.*cannot read"):  # not "a render worker process died"
         render_dataset(RenderConfig(str(fam), n=4, size=16, shard_size=2), tmp_path / "d", workers=2, progress=False)
 
