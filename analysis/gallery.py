@@ -90,10 +90,6 @@ def shown_features(run: Run, n: int = 24) -> list[int]:
     return list(dict.fromkeys(picks))[:n]
 
 
-def _save(fig, path: Path):
-    return save_figure(fig, path)
-
-
 def _mpl():
     import matplotlib
 
@@ -113,7 +109,7 @@ def histogram_figure(run: Run, feature: int, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title(f"activation when firing ({len(nz) / max(len(f), 1):.1%} of held-out tokens)", fontsize=8)
     ax.set_xlabel("activation", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def concept_bars_figure(run: Run, feature: int, path: Path) -> Path:
@@ -131,7 +127,7 @@ def concept_bars_figure(run: Run, feature: int, path: Path) -> Path:
     ax.set_title("concept match (cross-validated eta^2)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ablation_figure(run: Run, feature: int, path: Path) -> Path | None:
@@ -154,7 +150,7 @@ def ablation_figure(run: Run, feature: int, path: Path) -> Path | None:
     axes[3].set_title("change of squared error", fontsize=8)
     axes[3].axis("off")
     fig.colorbar(im, ax=axes[3], fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Path | None:
@@ -182,7 +178,7 @@ def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Pat
     axes[1].imshow(sdf, extent=ext, cmap="RdBu", vmin=-0.5, vmax=0.5)
     axes[1].contour(X, Z, sdf, levels=[0], colors="k", linewidths=0.8)
     axes[1].set_title("signed distance (same slice)", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def feature_figures(run: Run, feature: int, folder: Path, maps=None) -> dict[str, Path]:

@@ -23,7 +23,7 @@ from frobnolab.scenes.dataset import RenderConfig, render_dataset
 from frobnolab.files import dumps, write_json
 
 from .run import score_sae
-from .sae import SAETrainConfig, train_sae
+from .sae import SAETrainConfig, train_sae, weights_sha256
 from .score import ScoreConfig
 from .store import ExtractConfig, extract
 
@@ -74,12 +74,9 @@ def _score(store: Path, sae: Path, out: Path, cfg: ScoreConfig, progress: bool):
     if done.exists():
         s = json.loads(done.read_text())
         if s.get("config") == json.loads(json.dumps(asdict(cfg))) and \
-                s.get("sae_sha256") == _sha(sae / "sae" / "sae_weights.safetensors"):
+                s.get("sae_sha256") == weights_sha256(sae):
             return s
-    s = score_sae(store, sae, out, cfg, progress=progress, log=lambda *_: None)
-    s["sae_sha256"] = _sha(sae / "sae" / "sae_weights.safetensors")
-    write_json(done, s)
-    return s
+    return score_sae(store, sae, out, cfg, progress=progress, log=lambda *_: None)
 
 
 def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: bool) -> dict:
@@ -122,12 +119,6 @@ def _gallery(scores: Path, out: Path, progress: bool):
     if index.exists() and index.stat().st_mtime >= (scores / "summary.json").stat().st_mtime:
         return out
     return build_gallery(scores, out, progress=progress)
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # the file whose modification time says when each stage last made its output

@@ -15,7 +15,7 @@ from frobnolab.files import write_json
 from .dictionary import dictionary_scores
 from .probe import CausalProbe
 from .report import write_report
-from .sae import load_sae
+from .sae import load_sae, weights_sha256
 from .score import ScoreConfig, sae_encoder, score_features, write_table
 from .store import ActivationStore
 
@@ -64,7 +64,7 @@ def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, c
     summary = scores.summary
     summary["dictionary"] = dictionary_scores(scores, store, hook, sae, other)
     summary.update({"store": str(store.path.resolve()), "hook": hook, "sae": str(sae_folder.resolve()),
-                    "store_hook_sha256": tokens.meta["sha256"]})
+                    "store_hook_sha256": tokens.meta["sha256"], "sae_sha256": weights_sha256(sae_folder)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_table(scores.table, out / "features.parquet")

@@ -268,6 +268,15 @@ def _version(pkg: str) -> str:
     return version(pkg)
 
 
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 of the weights of the SAE in ``folder`` (a train-sae folder or a bare sae-lens folder)."""
+    import hashlib
+
+    folder = Path(folder)
+    path = folder / "sae" if (folder / "sae" / "cfg.json").exists() else folder
+    return hashlib.sha256((path / "sae_weights.safetensors").read_bytes()).hexdigest()
+
+
 def load_sae(folder: str | Path, device: str = "cpu"):
     """The trained SAE of a folder written by :func:`train_sae` (or a bare sae-lens folder)."""
     from sae_lens import SAE

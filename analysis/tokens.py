@@ -28,7 +28,7 @@ class TokenChunk:
     points: np.ndarray | None = None
 
     def __len__(self):
-        return len(self.acts)
+        return len(self.where)
 
     @property
     def images(self) -> np.ndarray:

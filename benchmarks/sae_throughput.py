@@ -10,7 +10,6 @@ import json
 import tempfile
 import time
 
-import numpy as np
 import sae_lens.training.sae_trainer  # noqa: F401  (import cost paid before any timing)
 import torch
 
