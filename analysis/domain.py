@@ -66,7 +66,7 @@ class ImageDomain:
 
     def extract(self, model, hooks, ds, img_idx, cfg, concepts, chunk) -> dict:
         x = torch.from_numpy(np.ascontiguousarray(ds["rgb"][img_idx])).permute(0, 3, 1, 2).to(cfg.device)
-        with torch.no_grad(), capture(model.hook_root, [h.path for h in hooks]) as acts:
+        with torch.no_grad(), capture(model.hook_root, [h.path for h in hooks], stop=True) as acts:
             model(x)
         bufs = {name: np.asarray(ds[name][img_idx]) for name in ds.buffers}
         per_pixel = [(c, np.asarray(c.pixel(bufs))) for c in concepts]
@@ -150,7 +150,7 @@ class FieldDomain(ImageDomain):
                                    np.repeat(pix // W, cfg.samples_per_ray), np.repeat(pix % W, cfg.samples_per_ray),
                                    np.tile(np.arange(cfg.samples_per_ray), len(pix))], -1))
         P, D = np.concatenate(pts), np.concatenate(dirs)
-        with torch.no_grad(), capture(model.hook_root, [h.path for h in hooks]) as acts:
+        with torch.no_grad(), capture(model.hook_root, [h.path for h in hooks], stop=True) as acts:
             model(torch.as_tensor(P, device=cfg.device), torch.as_tensor(D, device=cfg.device))
         gts = []
         for k, i in enumerate(img_idx):  # each image may show a different scene

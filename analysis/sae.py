@@ -63,6 +63,10 @@ class SAETrainConfig:
     normalize: str = "expected_average_only_in"
     """sae-lens activation normalisation (none, expected_average_only_in, layer_norm); folded into the weights
     at the end of training, so the saved SAE takes raw activations."""
+    init_b_dec: str = "mean"
+    """Decoder bias at the start: "mean" (the mean of the training tokens, in the normalised space, so the encoder
+    sees centred inputs from the first step; measured on TAESD enc7: 44% -> 4% dead latents, explained variance
+    0.921 -> 0.939) or "zeros" (sae-lens's own). "mean" needs normalize none or expected_average_only_in."""
     checkpoints: int = 4
     """Checkpoints during training (resume points)."""
     shuffle_chunks: int = 8
@@ -80,6 +84,11 @@ class SAETrainConfig:
             raise ValueError(f"width, k, batch_size >= 1 and training_tokens >= batch_size; got {self}")
         if self.k > self.width:
             raise ValueError(f"k ({self.k}) cannot exceed width ({self.width})")
+        if self.init_b_dec not in ("mean", "zeros"):
+            raise ValueError(f"init_b_dec must be 'mean' or 'zeros', got {self.init_b_dec!r}")
+        if self.init_b_dec == "mean" and self.normalize not in ("none", "expected_average_only_in"):
+            raise ValueError(f"init_b_dec 'mean' needs normalize 'none' or 'expected_average_only_in', got "
+                             f"{self.normalize!r} (use init_b_dec 'zeros')")
 
 
 class StoreBatches:
@@ -199,6 +208,8 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
             skip += trainer.cfg.n_batches_for_norm_estimate  # the first run drew these to estimate the norm
         for _ in range(skip):
             next(batches)
+    elif cfg.init_b_dec == "mean":
+        _init_b_dec_at_mean(trainer, tokens)
     curve: list = []
     _record_curve(trainer, curve)
     t0 = time.time()
@@ -244,6 +255,33 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     plan.unlink(missing_ok=True)
     return (record, sae) if return_sae else record
+
+
+def _init_b_dec_at_mean(trainer, tokens: HookTokens, chunks: int = 8):
+    """Start the decoder bias at the mean of (the first ``chunks`` chunks of) the training tokens. With
+    expected_average_only_in, sae-lens estimates its scaling factor when ``fit`` starts; the bias is set right
+    after, in that normalised space."""
+    acts = np.concatenate([tokens.chunk(k, "train", parts=("acts",)).acts
+                           for k in range(min(tokens.n_chunks, chunks))])
+    if not len(acts):
+        return
+    mean = torch.from_numpy(acts.astype(np.float64).mean(0).astype(np.float32))
+    sae, scaler = trainer.sae, trainer.activation_scaler
+
+    def set_bias(factor: float):
+        with torch.no_grad():
+            sae.b_dec.copy_((mean * factor).to(sae.b_dec))
+
+    if sae.cfg.normalize_activations == "none":
+        set_bias(1.0)
+        return
+    estimate = scaler.estimate_scaling_factor
+
+    def estimate_then_set(*a, **kw):
+        estimate(*a, **kw)
+        set_bias(float(scaler.scaling_factor))
+
+    scaler.estimate_scaling_factor = estimate_then_set
 
 
 def _record_curve(trainer, curve: list):

@@ -203,7 +203,6 @@ def _cmd_gallery(args) -> int:
 
 def _cmd_quickstart(args) -> int:
     """The main job, end to end on an embedded default."""
-    import os
     from pathlib import Path
 
     from frobnolab.analysis.pipeline import QUICKSTART_PRESETS, run_quickstart
@@ -211,7 +210,13 @@ def _cmd_quickstart(args) -> int:
 
     if args.preset not in QUICKSTART_PRESETS:
         raise unknown("quickstart preset", args.preset, QUICKSTART_PRESETS)
-    taesd = args.taesd or os.environ.get("FROBNOLAB_TAESD_DIR")
+    taesd, hint = None, ""
+    if not args.no_taesd:
+        from frobnolab.models.pretrained import find_taesd, taesd_hint
+
+        taesd, tried = find_taesd(args.taesd)
+        hint = "" if taesd else taesd_hint(tried)
+        print(f"TAESD: {taesd}" if taesd else hint)
     run = Path(args.out)
     times = run_quickstart(QUICKSTART_PRESETS[args.preset], run, taesd=taesd, workers=args.workers,
                            progress=not args.quiet)
@@ -228,8 +233,8 @@ def _cmd_quickstart(args) -> int:
         print(f"  TAESD feature scores:    {run / 'taesd-scores' / 'report.md'}   table: "
               f"{run / 'taesd-scores' / 'features.parquet'}")
         print(f"  TAESD feature gallery:   {run / 'taesd-gallery' / 'index.html'}")
-    else:
-        print("  (give --taesd DIR or $FROBNOLAB_TAESD_DIR to study TAESD too)")
+    elif hint:
+        print(f"  ({hint})")
     return 0
 
 
@@ -518,8 +523,10 @@ def _quickstart_options(q):
     q.add_argument("--out", default="runs/quickstart", help="run folder; each stage writes a subfolder")
     q.add_argument("--workers", type=int, default=default(run_quickstart, "workers"),
                    help="render processes; 0 = one per core")
-    q.add_argument("--taesd", help="folder of TAESD weights (taesd_encoder/decoder.safetensors) to study TAESD too "
-                                   "(default: $FROBNOLAB_TAESD_DIR)")
+    q.add_argument("--taesd", help="folder of TAESD weights (taesd_encoder/decoder.safetensors, or a diffusers "
+                                   "folder); default: the first found of $FROBNOLAB_TAESD_DIR, the Hugging Face "
+                                   "cache (madebyollin/taesd), ../shared/weights/taesd beside the repository")
+    q.add_argument("--no-taesd", action="store_true", help="study the small autoencoder alone")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(run=_cmd_quickstart)
 

@@ -45,14 +45,20 @@ def submodule(root: nn.Module, path: str) -> nn.Module:
         raise unknown("module path", path, [n for n, _ in root.named_modules() if n], type(root).__name__) from None
 
 
+class _Captured(Exception):
+    """Raised by a hook of ``capture(stop=True)`` once every path is recorded; ``capture`` swallows it."""
+
+
 @contextmanager
 def capture(root: nn.Module, paths: list[str] | tuple[str, ...] = (), *,
             edit: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-            detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+            detach: bool = True, stop: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of the modules at ``paths`` (the dict fills during a forward) and apply ``edit``.
 
     ``edit[path](output) -> new output`` replaces that module's output; it runs before the output is recorded, so a
-    captured activation is what the rest of the model saw. Hooks are removed on exit, even when the body raises.
+    captured activation is what the rest of the model saw. ``stop``: end the forward as soon as every path is
+    recorded (the body's forward call is cut short there and the ``with`` block ends; extraction needs nothing
+    after its deepest hook). Hooks are removed on exit, even when the body raises.
     """
     acts: dict[str, torch.Tensor] = {}
     edit = edit or {}
@@ -68,10 +74,15 @@ def capture(root: nn.Module, paths: list[str] | tuple[str, ...] = (), *,
                     out = t if isinstance(out, torch.Tensor) else _replace(out, t)
                 if path in paths:
                     acts[path] = t.detach() if detach else t
+                    if stop and len(acts) == len(set(paths)):
+                        raise _Captured
                 return out
 
             handles.append(mod.register_forward_hook(hook))
-        yield acts
+        try:
+            yield acts
+        except _Captured:
+            pass
     finally:
         for h in handles:
             h.remove()

@@ -101,5 +101,6 @@ def model_hash(model: nn.Module) -> str:
         h.update(k.encode())
         t = v.detach().cpu().contiguous()
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # flattened first: a channels-last 1x1 conv weight counts as contiguous yet has a last stride above 1
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -152,6 +152,53 @@ def load_taesd(source: str | Path | None = None, variant: str = "taesd") -> TAES
     raise WeightsNotFound("TAESD weights not found; looked in: " + "; ".join(tried) + f". {how}")
 
 
+# the shared weights folder of this project's machines, beside the repository (never copied into it)
+SHARED_TAESD = Path(__file__).resolve().parents[2] / "shared" / "weights" / "taesd"
+
+
+def find_taesd(given: str | Path | None = None, variant: str = "taesd") -> tuple[str | None, list[str]]:
+    """Where TAESD weights can be read without the network: ``(source, tried)``, ``source`` None when nowhere.
+
+    The search list, in order: ``given`` (``--taesd``; it must hold the weights), ``$FROBNOLAB_TAESD_DIR``, the
+    Hugging Face cache where diffusers keeps a downloaded ``madebyollin/taesd``, and the shared weights folder next
+    to the repository (``../shared/weights/taesd``). ``source`` is a folder :func:`load_taesd` reads.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def holds(path: Path) -> bool:
+        return ((path / f"{variant}_encoder.safetensors").is_file() and
+                (path / f"{variant}_decoder.safetensors").is_file()) or (path / "config.json").is_file()
+
+    if given is not None:
+        if not holds(Path(given)):
+            raise WeightsNotFound(f"--taesd {given}: no {variant}_encoder.safetensors + "
+                                  f"{variant}_decoder.safetensors and no config.json there")
+        return str(given), [str(given)]
+    tried = []
+    if os.environ.get(TAESD_ENV):
+        tried.append(f"${TAESD_ENV}={os.environ[TAESD_ENV]}")
+        if holds(Path(os.environ[TAESD_ENV])):
+            return os.environ[TAESD_ENV], tried
+    tried.append(f"the Hugging Face cache {constants.HF_HUB_CACHE} ({TAESD_HUB[variant]})")
+    try:
+        snap = Path(snapshot_download(TAESD_HUB[variant], local_files_only=True, cache_dir=constants.HF_HUB_CACHE))
+        if holds(snap):
+            return str(snap), tried
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    tried.append(str(SHARED_TAESD))
+    if holds(SHARED_TAESD):
+        return str(SHARED_TAESD), tried
+    return None, tried
+
+
+def taesd_hint(tried: list[str]) -> str:
+    """One line: where TAESD was looked for and how to get it."""
+    return (f"TAESD weights not found (looked in: {'; '.join(tried)}); to study TAESD too, download them once "
+            f"with `hf download madebyollin/taesd` (into the Hugging Face cache, where diffusers looks) or give --taesd DIR")
+
+
 def _taesd_from_files(enc_file: Path, dec_file: Path):
     """AutoencoderTiny from TAESD's bare nn.Sequential safetensors (key mapping of the weights' README)."""
     from diffusers import AutoencoderTiny

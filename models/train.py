@@ -99,6 +99,15 @@ class TrainAEConfig:
     """cpu or cuda."""
     checkpoint_every: int = 250
     """Steps between checkpoints (resume points)."""
+    crop: int = 0
+    """Train on one random square crop of this side per batch (0: whole images). The model is convolutional, so it
+    is evaluated on whole images; crops of large renders cost less per step and vary more than whole images."""
+    channels_last: bool = False
+    """Run in channels-last memory layout (measured 1.5x faster on a 2-core CPU; floats differ in the last bits)."""
+
+    def __post_init__(self):
+        if self.crop < 0 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainAEConfig: steps and batch_size >= 1, crop >= 0; got {self}")
 
 
 def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, progress: bool = True) -> dict:
@@ -110,8 +119,13 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
         return done
     out.mkdir(parents=True, exist_ok=True)
     train = _images(ds, ds.split("train"))
+    m = 2 ** len(cfg.model.channels)
+    if cfg.crop and (cfg.crop % m or cfg.crop > min(train.shape[-2:])):
+        raise ValueError(f"TrainAEConfig.crop {cfg.crop}: must be a multiple of {m} and at most the image side "
+                         f"({min(train.shape[-2:])} in {ds.path})")
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
-    model = ConvAutoencoder(cfg.model).to(dev)
+    model = ConvAutoencoder(cfg.model).to(dev, memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -121,7 +135,12 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
         step, curve = state["step"], state["curve"]
     bar = trange(step, cfg.steps, desc="train autoencoder", disable=not progress, initial=step, total=cfg.steps)
     for step in bar:
-        x = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)].to(dev)
+        x = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
+        if cfg.crop and cfg.crop < min(x.shape[-2:]):
+            i = int(torch.randint(0, x.shape[-2] - cfg.crop + 1, (1,), generator=gen))
+            j = int(torch.randint(0, x.shape[-1] - cfg.crop + 1, (1,), generator=gen))
+            x = x[..., i:i + cfg.crop, j:j + cfg.crop]
+        x = x.to(dev, memory_format=fmt)
         loss = F.mse_loss(model(x), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -87,3 +87,22 @@ def test_field_hook_points():
         f(pts, dirs)
     assert [tuple(acts[h.path].shape) for h in f.hook_points] == [(10, 16)] * 3 + [(10, 8)]
     assert all((acts[h.path] >= 0).all() for h in f.hook_points)  # after ReLU
+
+
+def test_capture_stop_ends_the_forward_at_the_deepest_hook_with_the_same_activations():
+    torch.manual_seed(0)
+    m = ConvAutoencoder(ConvAEConfig(channels=(8, 16), latent_channels=4))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad(), capture(m, ["encoder.1", "encoder.0"]) as full:
+        m(x)
+    ran = []
+    m.head.register_forward_hook(lambda *_: ran.append("head"))
+    with torch.no_grad(), capture(m, ["encoder.1", "encoder.0"], stop=True) as early:
+        m(x)
+        ran.append("after the forward")  # not reached: the forward stops at encoder.1
+    assert ran == [] and set(early) == {"encoder.0", "encoder.1"}
+    assert all(torch.equal(full[p], early[p]) for p in full)
+    assert hook_count(m) == 1  # only the test's own hook is left
+    with pytest.raises(RuntimeError, match="inside"):  # other errors still propagate
+        with capture(m, ["encoder.0"], stop=True):
+            raise RuntimeError("inside")

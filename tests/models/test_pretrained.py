@@ -83,3 +83,45 @@ def test_unknown_model_spec_is_a_clear_error(tmp_path):
         load_taesd(tmp_path, variant="taesd3")
     with pytest.raises(ValueError, match="integer seed"):
         load_model("random-taesd:abc")
+
+
+def _tiny_diffusers_taesd(folder):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(folder)
+
+
+def test_find_taesd_search_list_in_order(tmp_path, monkeypatch, taesd_dir):
+    """--taesd, then $FROBNOLAB_TAESD_DIR, then the Hugging Face cache, then the shared folder; else None and a hint."""
+    import huggingface_hub.constants as hf
+
+    import frobnolab.models.pretrained as pre
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(pre, "SHARED_TAESD", tmp_path / "no-shared")
+    monkeypatch.delenv(pre.TAESD_ENV, raising=False)
+    source, tried = pre.find_taesd()
+    assert source is None and len(tried) == 2 and str(cache) in tried[0] and "no-shared" in tried[1]
+    hint = pre.taesd_hint(tried)
+    assert "\n" not in hint and "hf download madebyollin/taesd" in hint and "--taesd" in hint
+    # the shared folder, last in the list
+    monkeypatch.setattr(pre, "SHARED_TAESD", taesd_dir)
+    assert pre.find_taesd()[0] == str(taesd_dir)
+    # the Hugging Face cache as `hf download` / from_pretrained leave it, before the shared folder
+    snap = cache / "models--madebyollin--taesd" / "snapshots" / ("a" * 40)
+    _tiny_diffusers_taesd(snap)
+    (cache / "models--madebyollin--taesd" / "refs").mkdir()
+    (cache / "models--madebyollin--taesd" / "refs" / "main").write_text("a" * 40)
+    found, _ = pre.find_taesd()
+    assert found == str(snap)
+    assert load_taesd(found)(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)  # a folder load_taesd reads
+    # the variable before the cache; an explicit folder before everything, and it must hold weights
+    monkeypatch.setenv(pre.TAESD_ENV, str(taesd_dir))
+    assert pre.find_taesd()[0] == str(taesd_dir)
+    assert pre.find_taesd(str(snap))[0] == str(snap)
+    with pytest.raises(WeightsNotFound, match="empty"):
+        (tmp_path / "empty").mkdir()
+        pre.find_taesd(str(tmp_path / "empty"))

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from frobnolab.models import train as T
-from frobnolab.models.conv_ae import ConvAEConfig
+from frobnolab.models.conv_ae import ConvAEConfig, ConvAutoencoder
 from frobnolab.models.field import CoordinateField, FieldConfig, render_rays
 from frobnolab.models.io import load_model, model_hash, save_model
+from frobnolab.scenes.dataset import Dataset
 
 
 def ae_cfg(**kw):
@@ -113,3 +114,38 @@ def test_importance_samples_find_the_surface():
         assert torch.allclose(r.rgb, torch.tensor([1.0, 0.0, 0.0]).expand(2, 3), atol=1e-3)
     err_coarse, err_fine = (coarse.depth - 2.5).abs().max().item(), (fine.depth - 2.5).abs().max().item()
     assert err_fine < 0.03 < err_coarse, (err_fine, err_coarse)
+
+
+def test_autoencoder_crops_and_channels_last(tiny_dataset, tmp_path):
+    """Crops train the convolutional model on parts of each image; it is evaluated on whole images. Channels-last
+    changes the memory layout only: the same seed gives the same loss curve to float precision."""
+    a = T.train_autoencoder(tiny_dataset, tmp_path / "a", ae_cfg(steps=30, crop=16), progress=False)
+    b = T.train_autoencoder(tiny_dataset, tmp_path / "b", ae_cfg(steps=30, crop=16, channels_last=True),
+                            progress=False)
+    assert a["evaluation"]["images"] == b["evaluation"]["images"] == len(Dataset(tiny_dataset).split("test"))
+    ca = json.loads((tmp_path / "a" / "training.json").read_text())["curve"]
+    cb = json.loads((tmp_path / "b" / "training.json").read_text())["curve"]
+    assert np.allclose([c[1] for c in ca], [c[1] for c in cb], rtol=1e-3)
+    whole = T.train_autoencoder(tiny_dataset, tmp_path / "w", ae_cfg(steps=30), progress=False)
+    assert whole["model_sha256"] != a["model_sha256"]  # the crops did change what it saw
+    with pytest.raises(ValueError, match="crop 10: must be a multiple of 4"):
+        T.train_autoencoder(tiny_dataset, tmp_path / "bad", ae_cfg(steps=1, crop=10), progress=False)
+    assert not (tmp_path / "bad" / "model.json").exists()
+
+
+def test_kaiming_init_keeps_the_signal_through_the_stack():
+    """Why it is the default: at PyTorch's default init the output barely depends on the input (training starts on
+    the predict-the-mean plateau); He-normal init keeps the input's variation to the last layer."""
+    from frobnolab.models.hooks import capture
+
+    x = torch.rand(8, 3, 64, 64)
+    spread = {}
+    for init in ("kaiming", "torch"):
+        torch.manual_seed(0)
+        m = ConvAutoencoder(ConvAEConfig(init=init))
+        with torch.no_grad(), capture(m, ["head"]) as acts:
+            m(x)
+        spread[init] = acts["head"].std(0).mean().item() / x.std(0).mean().item()  # across inputs, per pixel
+    assert spread["kaiming"] > 0.1 and spread["torch"] < 1e-3, spread
+    with pytest.raises(ValueError, match="init"):
+        ConvAEConfig(init="xavier")
