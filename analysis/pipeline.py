@@ -32,27 +32,36 @@ from .store import ExtractConfig, extract
 class QuickstartConfig:
     family: str = "shapes"
     """Scene family of the run."""
-    images: int = 256
-    """Images rendered."""
-    size: int = 64
+    images: int = 512
+    """Images rendered (every 8th held out: 64 held-out images)."""
+    size: int = 128
     """Image side in pixels."""
-    ae: TrainAEConfig = field(default_factory=lambda: TrainAEConfig(steps=600))
+    ae: TrainAEConfig = field(default_factory=lambda: TrainAEConfig(steps=1200, batch_size=16, crop=64,
+                                                                    channels_last=True))
     """The small autoencoder's training."""
     hook: str = "enc1"
     """The autoencoder's hook point to study."""
-    sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(hook="enc1", width=256, k=8,
-                                                                          training_tokens=400_000, lr=2e-3))
-    """The SAE on that hook point."""
+    sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(hook="enc1", width=128, k=8,
+                                                                          training_tokens=1_000_000, lr=2e-3))
+    """The SAE on that hook point: 4x its 32 channels (measured at 8x: 11-18% dead latents at 1-2M tokens)."""
     taesd_hook: str = "enc7"
     """TAESD's hook point (used when TAESD weights are given)."""
-    taesd_tokens_per_image: int = 64
-    """Tokens kept per image from TAESD (its maps are large)."""
+    taesd_sae: SAETrainConfig = field(default_factory=lambda: SAETrainConfig(hook="enc7", width=256, k=8,
+                                                                                training_tokens=1_000_000, lr=2e-3))
+    """The SAE on TAESD's hook point: 4x its 64 channels."""
+    taesd_tokens_per_image: int = 0
+    """Tokens kept per image from TAESD (0: all)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Feature scoring."""
     random_null: bool = True
     """Also run the same recipe (store, SAE, scores) on a randomly initialised autoencoder: the null model."""
     seed: int = 0
     """Seed of every stage."""
+
+    def __post_init__(self):
+        for name, hook, sae in (("sae", self.hook, self.sae), ("taesd_sae", self.taesd_hook, self.taesd_sae)):
+            if sae.hook != hook:
+                raise ValueError(f"QuickstartConfig.{name}.hook is {sae.hook!r} but the hook studied is {hook!r}")
 
 
 QUICKSTART_PRESETS = {
@@ -64,6 +73,8 @@ QUICKSTART_PRESETS = {
                              sae=SAETrainConfig(hook="enc0", width=32, k=4, training_tokens=32768, batch_size=256,
                                                 lr=3e-3, checkpoints=1),
                              taesd_tokens_per_image=32,
+                             taesd_sae=SAETrainConfig(hook="enc7", width=32, k=4, training_tokens=32768,
+                                                      batch_size=256, lr=3e-3, checkpoints=1),
                              score=ScoreConfig(n_null=8, bootstrap=5, causal_top=8, scene_steps=200)),
 }
 
@@ -185,8 +196,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
             model=f"taesd:{Path(taesd).resolve()}", dataset=str(data.resolve()), hooks=(cfg.taesd_hook,),
             tokens_per_image=cfg.taesd_tokens_per_image, seed=cfg.seed), out / "taesd-store", force=True,
             progress=progress))
-        stage("train-sae-taesd", lambda: train_sae(out / "taesd-store", out / "taesd-sae",
-                                                   SAETrainConfig(**{**asdict(cfg.sae), "hook": cfg.taesd_hook}),
+        stage("train-sae-taesd", lambda: train_sae(out / "taesd-store", out / "taesd-sae", cfg.taesd_sae,
                                                    progress=progress))
         stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
                                             progress))

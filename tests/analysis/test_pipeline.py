@@ -1,10 +1,12 @@
 import json
 import shutil
 
+import pytest
+
 from frobnolab.cli import main
 
 
-def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys, taesd_dir):
+def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys, taesd_dir, monkeypatch):
     # the session's tiny run (made by the same function) has the autoencoder's stages; TAESD's are added here
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -30,10 +32,39 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     assert set(null) >= {"named_best", "scene_r2", "frob"} and 0 <= null["scene_r2"]["share_of_real_features_above"] <= 1
     ev = json.loads((run / "sae" / "training.json").read_text())["evaluation"]
     assert ev["l0"] > 0 and ev["explained_variance"] <= 1 and ev["fidelity_zero"] == ev["fidelity_zero"]
-    # a second run finds every stage up to date
-    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1",
-                 "--taesd", str(taesd_dir)]) == 0
+    # a second run finds every stage up to date; it finds TAESD itself (here through $FROBNOLAB_TAESD_DIR)
+    monkeypatch.setenv("FROBNOLAB_TAESD_DIR", str(taesd_dir))
+    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1"]) == 0
+    assert f"TAESD: {taesd_dir}" in capsys.readouterr().out
     again = json.loads((run / "stages.json").read_text())
     assert sorted(again["skipped"]) == sorted(stages)  # every stage found up to date ...
     assert again["seconds"] == stages  # ... keeps the seconds of the run that made it
     assert sum(again["this_run"].values()) < 0.5 * sum(stages.values()) + 1.0
+
+
+def test_quickstart_without_taesd_weights_says_how_to_get_them(tiny_run, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hf
+
+    import frobnolab.models.pretrained as pre
+
+    monkeypatch.delenv(pre.TAESD_ENV, raising=False)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(pre, "SHARED_TAESD", tmp_path / "no-shared")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    hint = [line for line in out.splitlines() if line.startswith("TAESD weights not found")]
+    assert len(hint) == 1 and "hf download madebyollin/taesd" in hint[0], out
+    assert not (run / "taesd-store").exists() and "TAESD feature gallery" not in out
+    assert main(["quickstart", "--preset", "tiny", "--out", str(run), "--quiet", "--workers", "1",
+                 "--no-taesd"]) == 0
+    assert "TAESD" not in capsys.readouterr().out
+
+
+def test_quickstart_config_checks_its_hooks():
+    from frobnolab.analysis.pipeline import QuickstartConfig
+    from frobnolab.analysis.sae import SAETrainConfig
+
+    with pytest.raises(ValueError, match="taesd_sae.hook is 'enc3'"):
+        QuickstartConfig(taesd_sae=SAETrainConfig(hook="enc3"))
