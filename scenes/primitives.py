@@ -26,6 +26,13 @@ MAX_CURVATURE = 20.0  # local units
 _Z_TO_Y = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])  # trimesh builds along +z; we want +y
 
 
+def row_norms(v_N3: np.ndarray) -> np.ndarray:
+    """Euclidean norms ``(N,)`` of the rows of ``v_N3``: the same floats as ``np.linalg.norm(v, axis=1)`` (which
+    sums the three squares in this order), several times faster, since numpy reduces a short last axis slowly."""
+    x, y, z = v_N3[:, 0], v_N3[:, 1], v_N3[:, 2]
+    return np.sqrt(x * x + y * y + z * z)
+
+
 @dataclass(frozen=True)
 class Primitive:
     """One analytic shape in its local frame.
@@ -115,7 +122,10 @@ class Primitive:
     def sdf(self, p_N3: np.ndarray) -> np.ndarray:
         """Exact signed distance (negative inside) at local points ``(N, 3)`` -> ``(N,)``."""
         p = np.asarray(p_N3, dtype=np.float64)
-        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        return self._sdf_xyz(p[:, 0], p[:, 1], p[:, 2])
+
+    def _sdf_xyz(self, x, y, z):
+        """:meth:`sdf` at points given by their coordinate columns ``(N,)`` each."""
         s = self.shape
         if s == "sphere":
             return np.sqrt(x * x + y * y + z * z) - 1.0
@@ -146,21 +156,22 @@ class Primitive:
             e = np.zeros(3)
             e[k] = h
             g[:, k] = self.sdf(p + e) - self.sdf(p - e)
-        n = np.linalg.norm(g, axis=1, keepdims=True)
+        n = row_norms(g)[:, None]
         return g / np.where(n > 0, n, 1.0)
 
     def normal_and_curvature(self, p_N3: np.ndarray, h: float = 1e-4):
         """:meth:`normal` and :meth:`mean_curvature` from one 7-point stencil (what rendering needs)."""
         p = np.asarray(p_N3, dtype=np.float64)
-        centre = self.sdf(p)
+        xyz = p[:, 0], p[:, 1], p[:, 2]
+        centre = self._sdf_xyz(*xyz)
         g, lap = np.empty_like(p), -6.0 * centre
         for k in range(3):
-            e = np.zeros(3)
-            e[k] = h
-            hi, lo = self.sdf(p + e), self.sdf(p - e)
+            # Offset only coordinate k (what ``sdf(p +- h e_k)`` does, without building two (N, 3) arrays).
+            hi = self._sdf_xyz(*(c + h if j == k else c for j, c in enumerate(xyz)))
+            lo = self._sdf_xyz(*(c - h if j == k else c for j, c in enumerate(xyz)))
             g[:, k] = hi - lo
             lap += hi + lo
-        n = np.linalg.norm(g, axis=1, keepdims=True)
+        n = row_norms(g)[:, None]
         return g / np.where(n > 0, n, 1.0), np.clip(0.5 * lap / h**2, -MAX_CURVATURE, MAX_CURVATURE)
 
     def mean_curvature(self, p_N3: np.ndarray, h: float = 1e-3) -> np.ndarray:

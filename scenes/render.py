@@ -17,7 +17,7 @@ import numpy as np
 
 from . import edges
 from .gl import pyrender
-from .primitives import SHAPE_CLASSES
+from .primitives import SHAPE_CLASSES, row_norms
 from .scene import Scene, linear_to_srgb, look_at, orient_towards
 from .shading import shade, specular_tint
 from .textures import MATERIAL_CLASSES
@@ -58,6 +58,18 @@ BUFFERS = (
 BUFFER_NAMES = tuple(b.name for b in BUFFERS)
 
 
+class _KeepAliveScene(pyrender.Scene):
+    """A pyrender scene whose ``meshes`` (what the renderer keeps uploaded) also include ``kept``, meshes no node
+    draws. Keep-alive nodes would do the same, but pyrender sorts every mesh node by its distance to the camera
+    each frame (a scene-graph walk per node), which cost more than drawing the segmentation pass."""
+
+    kept: frozenset = frozenset()
+
+    @property
+    def meshes(self):
+        return super().meshes | self.kept
+
+
 class Renderer:
     """An offscreen renderer of one size; keep one per process (it owns a GL context)."""
 
@@ -67,8 +79,8 @@ class Renderer:
             raise ValueError(f"image size must be positive, got {width}x{height}")
         self.width, self.height = int(width), int(height)
         self._gl = pyrender.OffscreenRenderer(self.width, self.height)
-        # id(base shape) -> (shape, uploaded mesh). Every frame's scene holds them all (as nodes the segmentation
-        # pass skips), so pyrender never deletes and re-uploads a mesh that one frame happens not to use.
+        # id(base shape) -> (shape, uploaded mesh). Every frame's scene holds them all (as meshes without nodes,
+        # see _KeepAliveScene), so pyrender never deletes and re-uploads a mesh that one frame happens not to use.
         self._meshes: dict[int, tuple] = {}
 
     def close(self):
@@ -100,14 +112,13 @@ class Renderer:
         """pyrender's z-depth ``(H, W)`` (0 on background) and instance ids ``(H, W)``."""
         self._check_size(scene)
         cam = scene.camera
-        pr = pyrender.Scene(bg_color=[0, 0, 0, 0])
+        pr = _KeepAliveScene(bg_color=[0, 0, 0, 0])
         seg = {}
         for k, obj in enumerate(scene.objects):
             node = pr.add(self._mesh(obj.shape), pose=obj.pose @ np.diag(np.append(obj.shape.stretch, 1.0)))
             i = k + 1
             seg[node] = (i & 255, i >> 8, 0)
-        for _, mesh in self._meshes.values():
-            pr.add(mesh)  # keep-alive, not drawn (not in seg)
+        pr.kept = {mesh for _, mesh in self._meshes.values()}  # uploaded, not drawn
         pr.add(pyrender.PerspectiveCamera(yfov=cam.yfov, aspectRatio=cam.width / cam.height,
                                           znear=cam.znear, zfar=cam.zfar), pose=cam.pose)
         color, depth = self._gl.render(pr, flags=pyrender.RenderFlags.SEG, seg_node_map=seg)
@@ -161,18 +172,19 @@ def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str,
         albedo[sel] = obj.albedo(pos[sel])
         shape_cls[sel] = SHAPE_CLASSES.index(obj.shape_name)
         mat_cls[sel] = MATERIAL_CLASSES.index(obj.material.texture.kind)
-    dist = np.linalg.norm(pos - cam.center, axis=1)
+    dist = row_norms(pos - cam.center)
     view = (cam.center - pos) / np.maximum(dist, 1e-12)[:, None]
     normal = orient_towards(normal, view)
     diffuse, spec, cast = shade(scene, pos, normal, inst, view)
     spec *= specular_tint(scene, inst, albedo)
 
     out = {}
+    fg_flat = np.flatnonzero(fg)  # the mask's indices once, not once per buffer
 
     def scatter(values, fill, dtype):
-        full = np.full((h, w) + values.shape[1:], fill, dtype=dtype)
-        full[fg] = values
-        return full
+        full = np.full((h * w,) + values.shape[1:], fill, dtype=dtype)
+        full[fg_flat] = values
+        return full.reshape((h, w) + values.shape[1:])
 
     out["albedo"] = scatter(albedo, 0, np.float32)
     out["albedo"][~fg] = scene.background

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
-from .primitives import MeshShape, Primitive
+from .primitives import MeshShape, Primitive, row_norms
 from .textures import Texture
 
 
@@ -119,7 +119,7 @@ class Light:
             to_light = np.broadcast_to(-self.direction, (n, 3)).copy()
             return to_light, np.full(n, np.inf), np.full(n, self.intensity)
         d = self.position - p_N3
-        dist = np.linalg.norm(d, axis=1)
+        dist = row_norms(d)
         to_light = d / np.maximum(dist, 1e-12)[:, None]
         power = self.intensity / np.maximum(dist, 1e-6) ** 2
         if self.kind == "spot":
@@ -186,7 +186,7 @@ def orient_towards(normal_N3: np.ndarray, view_N3: np.ndarray) -> np.ndarray:
     away = dots < 0
     out = normal_N3.copy()
     out[away] -= dots[away, None] * view_N3[away]
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out / np.maximum(row_norms(out), 1e-12)[:, None]
 
 
 def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:
@@ -239,13 +239,21 @@ class Scene:
         o, d = np.asarray(origins_N3, np.float64), np.asarray(dirs_N3, np.float64)
         best = np.full(len(o), np.inf)
         inst = np.zeros(len(o), np.int64)
+        if not self.objects:
+            return best, inst
+        # Bounding-sphere test of every ray against every object: the ray's closest approach to the centre c, ahead
+        # of the origin or inside. With oc = c - o: oc.d = c.d - o.d and |oc|^2 = |c|^2 - 2 c.o + |o|^2, so all
+        # objects take two matrix products (K, 3) @ (3, N) instead of K passes over (N, 3) arrays. The test only
+        # culls: a ray it keeps is cast exactly as before, and the radius' 1e-6 margin (Primitive.radius) dwarfs
+        # the rounding of the expansion, so a ray it drops cannot hit the mesh and the result is unchanged.
+        centres_K3 = np.array([obj.translation for obj in self.objects], np.float64)
+        t_mid_KN = centres_K3 @ d.T - np.einsum("ij,ij->i", o, d)
+        oc2_KN = np.einsum("ij,ij->i", centres_K3, centres_K3)[:, None] - 2.0 * (centres_K3 @ o.T) \
+            + np.einsum("ij,ij->i", o, o)
         for k, obj in enumerate(self.objects):
-            # Bounding-sphere test: the ray's closest approach to the centre, ahead of the origin or inside.
-            c, rad = obj.translation, obj.scale * obj.shape_radius
-            oc = c - o
-            t_mid = np.einsum("ij,ij->i", oc, d)
-            oc2 = np.einsum("ij,ij->i", oc, oc)
-            miss = (oc2 - t_mid**2 > rad**2) | ((t_mid < 0) & (oc2 > rad**2))
+            c, rad2 = obj.translation, (obj.scale * obj.shape_radius) ** 2
+            t_mid, oc2 = t_mid_KN[k], oc2_KN[k]
+            miss = (oc2 - t_mid**2 > rad2) | ((t_mid < 0) & (oc2 > rad2))
             if leaving_N is not None and obj.shape.convex:
                 miss |= leaving_N == k + 1
             idx = np.flatnonzero(~miss)
