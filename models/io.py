@@ -25,6 +25,7 @@ from frobnolab.files import atomic_write, write_json
 TARGETS = {
     "frobnolab.models.conv_ae.ConvAutoencoder": "frobnolab.models.conv_ae.ConvAEConfig",
     "frobnolab.models.field.CoordinateField": "frobnolab.models.field.FieldConfig",
+    "frobnolab.models.voxel_grid.VoxelGrid": "frobnolab.models.voxel_grid.VoxelGridConfig",
 }
 
 

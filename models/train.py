@@ -26,7 +26,9 @@ from frobnolab.scenes.dataset import Dataset
 from .conv_ae import ConvAEConfig, ConvAutoencoder
 from .evaluate import evaluate_autoencoder, evaluate_field, only_scene
 from .field import CoordinateField, FieldConfig, render_rays
+from .hashgrid import HashGridConfig
 from .io import model_hash, save_model
+from .voxel_grid import VoxelGrid, VoxelGridConfig
 
 
 def _device(name: str) -> torch.device:
@@ -159,10 +161,15 @@ def train_autoencoder(dataset: str | Path, out: str | Path, cfg: TrainAEConfig, 
 # -------------------------------------------------------------------------------------------------------------- field
 
 
+def _default_field() -> FieldConfig:
+    return FieldConfig(encoding="hash", hidden=64, layers=3, n_freqs=0, grid=HashGridConfig())
+
+
 @dataclass
 class TrainFieldConfig:
-    model: FieldConfig = field(default_factory=FieldConfig)
-    """The field's architecture."""
+    model: FieldConfig | VoxelGridConfig = field(default_factory=_default_field)
+    """The model: a coordinate field's architecture (default: hash-grid encoding, small MLP) or a dense voxel grid's
+    (the baseline, ``models/voxel_grid.py``)."""
     mode: str = "both"
     """volume: photometric loss through volume rendering; direct: regression on the exact 3D ground truth
     (occupancy everywhere, surface colour near surfaces); both: the sum."""
@@ -184,6 +191,9 @@ class TrainFieldConfig:
     lr: float = 5e-3
     """Adam learning rate, cosine-decayed to 5% over the run: over ``steps``, or over ``max_seconds`` when the
     clock will end the run first."""
+    grid_lr: float = 1e-2
+    """Adam learning rate of grid tables (hash grid, voxel grid), on the same schedule; 0: lr. Grid entries each
+    see few points per step, so they take larger steps than the MLP's shared weights."""
     seed: int = 0
     """Seed of the initialisation and of all sampling."""
     device: str = "cpu"
@@ -194,13 +204,29 @@ class TrainFieldConfig:
     def __post_init__(self):
         if self.mode not in ("volume", "direct", "both"):
             raise ValueError(f"TrainFieldConfig.mode must be volume, direct or both, got {self.mode!r}")
+        if self.grid_lr < 0:
+            raise ValueError(f"TrainFieldConfig.grid_lr must be >= 0, got {self.grid_lr}")
         if self.samples_per_ray < 2 or self.importance_samples < 0:
             raise ValueError(f"TrainFieldConfig: samples_per_ray >= 2 and importance_samples >= 0, got "
                              f"{self.samples_per_ray} and {self.importance_samples}")
 
 
+def _field_optimizer(model, cfg: TrainFieldConfig) -> torch.optim.Adam:
+    """Adam over the model; grid tables (``grid``, ``encoder.*``) in a group of their own at ``grid_lr``."""
+    is_grid = lambda n: n == "grid" or n.startswith("encoder.")  # noqa: E731
+    grids = [p for n, p in model.named_parameters() if is_grid(n)]
+    if not grids:  # one group, as before grids existed (the same steps for the same config)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rest = [p for n, p in model.named_parameters() if not is_grid(n)]
+    groups = [{"params": grids, "lr": cfg.grid_lr or cfg.lr}] + ([{"params": rest, "lr": cfg.lr}] if rest else [])
+    # Instant-NGP's betas and epsilon: rarely touched entries keep their second moment small, so a tiny epsilon
+    # lets them take full steps when they are touched
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
 def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, progress: bool = True) -> dict:
-    """Train :class:`CoordinateField` on a single-scene dataset; returns the training record."""
+    """Train a :class:`CoordinateField` (or the :class:`VoxelGrid` baseline) on a single-scene dataset; returns the
+    training record."""
     from tqdm.auto import trange
 
     from frobnolab.scenes.queries import SceneQuery
@@ -223,8 +249,9 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
     surf_pos, surf_d, surf_rgb = pos.reshape(-1, 3)[surf], d.reshape(-1, 3)[surf], rgb.reshape(-1, 3)[surf]
 
     torch.manual_seed(cfg.seed)
-    model = CoordinateField(cfg.model).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = (VoxelGrid if isinstance(cfg.model, VoxelGridConfig) else CoordinateField)(cfg.model).to(dev)
+    opt = _field_optimizer(model, cfg)
+    base_lr = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     lo, hi = np.array(cfg.model.aabb[0]), np.array(cfg.model.aabb[1])
@@ -240,8 +267,8 @@ def train_field(dataset: str | Path, out: str | Path, cfg: TrainFieldConfig, pro
         done = step / cfg.steps
         if cfg.max_seconds:
             done = max(done, (spent + time.time() - t0) / cfg.max_seconds)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
+        for g, lr in zip(opt.param_groups, base_lr):
+            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
         loss = torch.zeros((), device=dev)
         if cfg.mode in ("volume", "both"):
             i = torch.randint(len(rays_o), (cfg.rays_per_batch,), generator=gen)
