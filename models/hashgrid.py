@@ -22,11 +22,11 @@ _PRIMES = (1, 2654435761, 805459861)
 
 @dataclass
 class HashGridConfig:
-    levels: int = 12
+    levels: int = 8
     """Grid levels (L): resolutions in geometric steps from min_res to max_res."""
     features: int = 2
     """Features per level (F); the encoding has L * F channels."""
-    log2_table: int = 15
+    log2_table: int = 19
     """log2 of each level's table rows (T): fine levels with more corners than T share rows by hashing."""
     min_res: int = 16
     """Cells per side of the coarsest level."""
