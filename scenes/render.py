@@ -19,7 +19,7 @@ from . import edges
 from .gl import pyrender
 from .primitives import SHAPE_CLASSES, row_norms
 from .scene import Scene, linear_to_srgb, look_at, orient_towards
-from .shading import shade, specular_tint
+from .shading import shade
 from .textures import MATERIAL_CLASSES
 
 
@@ -162,21 +162,21 @@ def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str,
     pos = pos_HW3[fg]
     inst = ids_HW[fg].astype(np.int64)
     n = len(pos)
-    normal, albedo = np.zeros((n, 3)), np.zeros((n, 3))
+    normal, albedo, tint = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros((n, 3))  # tint: the specular colour
     curv, shape_cls, mat_cls = np.zeros(n), np.zeros(n, np.uint8), np.zeros(n, np.uint8)
     for k, obj in enumerate(scene.objects):
-        sel = inst == k + 1
-        if not sel.any():
+        sel = np.flatnonzero(inst == k + 1)  # indices, found once for the six uses below
+        if not len(sel):
             continue
-        normal[sel], curv[sel] = obj.normal_and_curvature(pos[sel])
-        albedo[sel] = obj.albedo(pos[sel])
+        normal[sel], curv[sel], albedo_k = obj.surface(pos[sel])
+        albedo[sel], tint[sel] = albedo_k, obj.material.specular_color(albedo_k)
         shape_cls[sel] = SHAPE_CLASSES.index(obj.shape_name)
         mat_cls[sel] = MATERIAL_CLASSES.index(obj.material.texture.kind)
     dist = row_norms(pos - cam.center)
     view = (cam.center - pos) / np.maximum(dist, 1e-12)[:, None]
     normal = orient_towards(normal, view)
     diffuse, spec, cast = shade(scene, pos, normal, inst, view)
-    spec *= specular_tint(scene, inst, albedo)
+    spec *= tint
 
     out = {}
     fg_flat = np.flatnonzero(fg)  # the mask's indices once, not once per buffer

@@ -94,6 +94,13 @@ class SceneObject:
         """Linear albedo at world points on (or near) the surface, ``(N, 3)``."""
         return self.material.texture.albedo(self.to_local(p_N3), self.material.color)
 
+    def surface(self, p_N3: np.ndarray):
+        """:meth:`normal_and_curvature` and :meth:`albedo` at world points, the points taken to the local frame
+        once: normals ``(N, 3)``, mean curvature ``(N,)``, linear albedo ``(N, 3)``."""
+        local = self.to_local(p_N3)
+        n, c = self.shape.normal_and_curvature(local)
+        return n @ self.rotation.T, c / self.scale, self.material.texture.albedo(local, self.material.color)
+
     def world_mesh(self) -> trimesh.Trimesh:
         m = self.shape.mesh().copy()
         m.apply_transform(self.pose)

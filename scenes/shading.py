@@ -22,12 +22,13 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     """
     n = len(pos_N3)
     # Summed channel by channel, (3, N): the same products and sums as on (N, 3) rows, but numpy broadcasts a
-    # weight (N,) against a colour (3,) far faster along N than along a last axis of 3. Returned as (N, 3) views.
+    # weight (N,) against a colour (3,) far faster along N than along a last axis of 3. Returned as (N, 3) arrays
+    # (C order, as the callers' other (N, 3) arrays, so their elementwise products stay fast).
     diffuse_3N = np.repeat(np.asarray(scene.ambient, np.float64)[:, None], n, axis=1)
     specular_3N = np.zeros((3, n))
     cast = np.zeros(n, dtype=bool)
     if n == 0 or not scene.lights:
-        return diffuse_3N.T, specular_3N.T, cast
+        return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
     shininess = np.array([o.material.shininess for o in scene.objects])[inst_N - 1]
     for light in scene.lights:
         to_light, dist, power = light.incident(pos_N3)
@@ -48,14 +49,5 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         ndh = np.clip(np.einsum("ij,ij->i", normal_N3, half), 0.0, 1.0)
         lobe = (shininess + 8) / (8 * np.pi) * ndh**shininess
         specular_3N += np.multiply.outer(light.color, w * lobe)
-    return diffuse_3N.T, specular_3N.T, cast
+    return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
 
-
-def specular_tint(scene: Scene, inst_N, albedo_N3):
-    """Each point's specular colour ``(N, 3)`` from its object's material."""
-    tint = np.empty_like(albedo_N3)
-    for k, obj in enumerate(scene.objects):
-        sel = inst_N == k + 1
-        if sel.any():
-            tint[sel] = obj.material.specular_color(albedo_N3[sel])
-    return tint

@@ -48,9 +48,9 @@ class Texture:
             t = value_noise(p * self.scale, self.seed)
         else:
             raise unknown("texture kind", self.kind, ("plain", "image", "checker", "stripes", "noise"))
-        # (3, N) then a transposed view: the same products as (1 - t)[:, None] * color + ..., broadcast along N
-        # (fast) instead of along a last axis of 3.
-        return (np.multiply.outer(color, 1 - t) + np.multiply.outer(self.color2, t)).T
+        # Computed as (3, N): the same products as (1 - t)[:, None] * color + ..., broadcast along N (fast) instead
+        # of along a last axis of 3.
+        return np.ascontiguousarray((np.multiply.outer(color, 1 - t) + np.multiply.outer(self.color2, t)).T)
 
 
 def _lattice(ijk_N3: np.ndarray, seed: int) -> np.ndarray:

@@ -47,3 +47,24 @@ def test_mean_curvature_of_known_shapes():
     np.testing.assert_allclose(sphere.mean_curvature(p), 1.0, rtol=1e-3)
     np.testing.assert_allclose(cyl.mean_curvature(np.array([[1.0, 0.2, 0.0]])), 0.5, rtol=1e-3)
     assert abs(Primitive("box").mean_curvature(np.array([[0.2, 1.0, 0.3]]))[0]) < 1e-6
+
+
+def test_row_norms_and_stencil_give_numpys_floats():
+    from frobnolab.scenes.primitives import row_norms
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(1000, 3)) * 10.0 ** rng.integers(-8, 8, (1000, 1))
+    assert np.array_equal(row_norms(v), np.linalg.norm(v, axis=1))
+    # The 7-point stencil offsets one coordinate at a time; the same as sdf(p +- h e_k) on full points.
+    p, h = rng.uniform(-1.5, 1.5, (500, 3)), 1e-4
+    for prim in SHAPES:
+        n, c = prim.normal_and_curvature(p, h)
+        g, lap = np.empty_like(p), -6.0 * prim.sdf(p)
+        for k in range(3):
+            e = np.zeros(3)
+            e[k] = h
+            g[:, k] = prim.sdf(p + e) - prim.sdf(p - e)
+            lap += prim.sdf(p + e) + prim.sdf(p - e)
+        assert np.array_equal(n, g / np.where(np.linalg.norm(g, axis=1, keepdims=True) > 0,
+                                              np.linalg.norm(g, axis=1, keepdims=True), 1.0)), prim.shape
+        assert np.array_equal(c, np.clip(0.5 * lap / h**2, -20.0, 20.0)), prim.shape

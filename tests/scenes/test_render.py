@@ -171,3 +171,39 @@ def test_renderer_rejects_mismatched_scene(renderer):
     scene = load_family("shapes").sample(0, size=32)
     with pytest.raises(ValueError, match="32x32"):
         renderer.render(scene)
+
+
+def test_meshes_stay_uploaded_across_frames_without_drawing_them():
+    # Scenes with different meshes in turn: every mesh uploaded once stays in the GL context (no re-upload when a
+    # frame does not use it), yet only the frame's own objects are drawn (ids match the scene).
+    fam = load_family("clutter")
+    scenes = [fam.sample(i, seed=3, size=32) for i in range(6)]
+    with Renderer(32) as r:
+        for s in scenes:
+            r.render(s)
+        uploaded = set(r._gl._renderer._meshes)
+        assert {m for _, m in r._meshes.values()} <= uploaded
+        for s in scenes:
+            ids = r.render(s)["instance"]
+            assert set(np.unique(ids)) <= set(range(len(s.objects) + 1))
+            assert set(r._gl._renderer._meshes) == uploaded
+
+
+def test_intersect_culling_drops_no_hit():
+    # The bounding-sphere cull must only skip rays that miss: compare with casting every ray at every object.
+    from frobnolab.scenes.scene import _caster  # the brute-force reference casts with the same embree scenes
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        scene = load_family("clutter").sample(i, seed=2, size=32)
+        o = rng.uniform(-3, 3, (4000, 3)) + np.array([0.0, 1.5, 0.0])
+        d = rng.normal(size=(4000, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        best, inst = scene.intersect(o, d)
+        ref = np.full(len(o), np.inf)
+        for obj in scene.objects:
+            st = obj.shape.stretch
+            o_l, d_l = (o - obj.translation) @ obj.rotation / obj.scale, d @ obj.rotation
+            ref = np.minimum(ref, obj.scale * _caster(obj.shape.base).first_hit(o_l / st, d_l / st))
+        assert np.array_equal(best, ref)
+        assert np.all((inst > 0) == np.isfinite(best))
