@@ -6,7 +6,7 @@
     runs/NAME/sae/       SAE (sae-lens format in sae/sae)
     runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score)
     runs/NAME/gallery/   the static feature gallery (index.html)
-    runs/NAME/taesd-*/   the same for TAESD, when its weights are given
+    runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class QuickstartConfig:
     """Images rendered (every 8th held out: 64 held-out images)."""
     size: int = 128
     """Image side in pixels."""
-    ae: TrainAEConfig = field(default_factory=lambda: TrainAEConfig(steps=1200, batch_size=16, crop=64,
+    ae: TrainAEConfig = field(default_factory=lambda: TrainAEConfig(steps=1500, batch_size=16, crop=64,
                                                                     channels_last=True))
     """The small autoencoder's training."""
     hook: str = "enc1"
