@@ -115,8 +115,9 @@ def test_grid_models_train_save_and_load(tiny_single, tmp_path, model):
     assert again["model_sha256"] == rec["model_sha256"]  # seeded: the same run twice gives the same weights
 
 
-def test_default_training_config_uses_the_hash_field():
-    cfg = T.TrainFieldConfig()
+def test_training_configs_default_and_hash_field():
+    assert T.TrainFieldConfig().model.encoding == "fourier"  # the default stays until the hash field is shown better
+    cfg = T.TrainFieldConfig(model=T.hash_field())
     assert cfg.model.encoding == "hash" and cfg.grid_lr > cfg.lr
     with pytest.raises(ValueError, match="grid_lr"):
         T.TrainFieldConfig(grid_lr=-1.0)
