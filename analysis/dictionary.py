@@ -46,6 +46,20 @@ def _mutual_info(a: np.ndarray, b: np.ndarray) -> float:
     return float((p[nz] * np.log(p[nz] / (pa @ pb)[nz])).sum())
 
 
+def _mutual_info_all(codes_IF: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`_mutual_info` of every column of the discretised codes with ``b``, at once ``(F,)``: one joint
+    histogram per column (a bincount), the same cells and terms (summed in another order)."""
+    n, F = codes_IF.shape
+    A, B = int(codes_IF.max()) + 1, int(b.max()) + 1
+    idx = (np.arange(F)[None] * A + codes_IF) * B + b[:, None]
+    p = np.bincount(idx.ravel(), minlength=F * A * B).reshape(F, A, B) / n
+    pa, pb = p.sum(2, keepdims=True), p.sum(1, keepdims=True)
+    nz = p > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(nz, p * np.log(np.where(nz, p, 1) / np.where(nz, pa * pb, 1)), 0.0)
+    return terms.reshape(F, -1).sum(1)
+
+
 def mig(codes_IF: np.ndarray, factors_IK: np.ndarray) -> float:
     """Mean over factors of (top-2 gap in MI between a feature and the factor) / H(factor)."""
     if codes_IF.shape[1] < 2 or len(codes_IF) < 4:
@@ -57,7 +71,7 @@ def mig(codes_IF: np.ndarray, factors_IK: np.ndarray) -> float:
         h = _mutual_info(fk, fk)
         if h <= 0:
             continue
-        mi = np.sort([_mutual_info(c[:, j], fk) for j in range(c.shape[1])])[::-1]
+        mi = np.sort(_mutual_info_all(c, fk))[::-1]
         gaps.append((mi[0] - mi[1]) / h)
     return float(np.mean(gaps)) if gaps else float("nan")
 
@@ -67,6 +81,10 @@ DCI_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 def _ridge(x, y, lam):
+    """Ridge coefficients ``(x^T x + lam I)^-1 x^T y``; with fewer rows than columns (codes of thousands of features
+    on hundreds of images) in the equal dual form ``x^T (x x^T + lam I)^-1 y``, an n x n solve instead of F x F."""
+    if x.shape[0] < x.shape[1]:
+        return x.T @ np.linalg.solve(x @ x.T + lam * np.eye(x.shape[0]), y)
     return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
 
 

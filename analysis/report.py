@@ -24,21 +24,43 @@ def save_figure(fig, path: Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def feature_maps(store, hook: str, sae, images: list[int]) -> dict[int, np.ndarray]:
-    """Every feature's activation map ``(F, h, w)`` for each image in ``images`` (cells without a token: 0)."""
+def feature_maps(store, hook: str, sae, images: list[int], features=None) -> dict:
+    """Every feature's activation map ``(F, h, w)`` for each image in ``images`` (cells without a token: 0); with
+    ``features``, only theirs, as {image: {feature: (h, w)}}. Only the chunks holding those images are read."""
     tok = store[hook]
     h, w = store.dataset.size
     s = max(tok.stride, 1)
     want = sorted(set(int(i) for i in images))
-    out = {im: np.zeros((sae.cfg.d_sae, h // s, w // s), np.float32) for im in want}
-    for c in tok.chunks("all", parts=("acts", "where")):
-        sel = np.flatnonzero(np.isin(c.where[:, 0], want))
-        if len(sel):
-            with torch.no_grad():
-                f = sae.encode(torch.from_numpy(c.acts[sel])).numpy()
-            for r, (im, rr, cc) in zip(f, c.where[sel][:, :3]):
-                out[int(im)][:, rr, cc] = r
-    return out
+    cols = None if features is None else sorted(set(int(j) for j in features))
+    n = sae.cfg.d_sae if cols is None else len(cols)
+    out = {im: np.zeros((n, h // s, w // s), np.float32) for im in want}
+    for k in range(tok.n_chunks) if want else ():
+        where = tok.chunk(k, "all", parts=("where",)).where
+        sel = np.flatnonzero(np.isin(where[:, 0], want))
+        if not len(sel):
+            continue
+        acts = tok.chunk(k, "all", parts=("acts", "where")).acts
+        with torch.no_grad():
+            f = sae.encode(torch.from_numpy(acts[sel])).numpy()
+        if cols is not None:
+            f = f[:, cols]
+        at = where[sel]
+        for im in np.unique(at[:, 0]):
+            rows = at[:, 0] == im
+            out[int(im)][:, at[rows, 1], at[rows, 2]] = f[rows].T
+    if cols is None:
+        return out
+    return {im: dict(zip(cols, m)) for im, m in out.items()}
+
+
+def first_images(top_where, n: int = 4) -> list[tuple]:
+    """The strongest token of each of the first ``n`` distinct images among a feature's top activations."""
+    ex, seen = [], set()
+    for x in top_where:
+        if x[0] >= 0 and x[0] not in seen:
+            seen.add(x[0])
+            ex.append(tuple(x))
+    return ex[:n]
 
 
 def concept_map(ds, image: int, concept: str) -> np.ndarray:
@@ -60,13 +82,8 @@ def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path
     ds = store.dataset
     s = max(store[hook].stride, 1)
     h, w = ds.size
-    ex, seen = [], set()
-    for x in top_where:  # the strongest token of each of the first four distinct images
-        if x[0] >= 0 and x[0] not in seen:
-            seen.add(x[0])
-            ex.append(tuple(x))
-    ex = ex[:4]
-    maps = maps or feature_maps(store, hook, sae, sorted({e[0] for e in ex}))
+    ex = first_images(top_where)
+    maps = maps or feature_maps(store, hook, sae, sorted({e[0] for e in ex}), features=[feature])
     fig, axes = plt.subplots(3, max(len(ex), 1), figsize=(2.1 * max(len(ex), 1), 6.3), squeeze=False)
     half = max(4 * s, 12)
     for col, (im, r, c) in enumerate(ex):
@@ -100,8 +117,8 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
     pictures = store.domain.crops
     wanted = sorted(set(top) | set(named))
     if pictures and wanted:
-        ims = sorted({int(x[0]) for j in wanted for x in table["top_where"][j] if x[0] >= 0})
-        maps = feature_maps(store, hook, sae, ims)
+        ims = sorted({int(x[0]) for j in wanted for x in first_images(table["top_where"][j])})
+        maps = feature_maps(store, hook, sae, ims, features=wanted)
         for j in wanted:
             feature_figure(store, hook, sae, j, table["top_where"][j], str(table["named_concept"][j]),
                            fig_dir / f"feature_{j}.png", maps)

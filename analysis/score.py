@@ -119,13 +119,20 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     # ---- pre-pass on a sample: bin edges, standardisation, activation scales, null directions
     a_s, g_s = src.sample()
     variables = build_variables(concepts, tokens.columns, g_s, cfg.holdout_concepts)
-    f_s = encode(a_s)
-    f_s = f_s.double().numpy() if torch.is_tensor(f_s) else np.asarray(f_s, np.float64)
+    if hasattr(encode, "sparse"):  # firing rates and maxima from the nonzeros (the same numbers, no dense copy)
+        f_s = encode.sparse(a_s)
+        rate_s = np.bincount(f_s.indices[f_s.data > 0], minlength=f_s.shape[1]) / max(f_s.shape[0], 1)
+        max_s = f_s.max(0).toarray().ravel().astype(np.float64) if f_s.shape[0] else np.zeros(f_s.shape[1])
+    else:
+        f_s = encode(a_s)
+        f_s = f_s.double().numpy() if torch.is_tensor(f_s) else np.asarray(f_s, np.float64)
+        rate_s, max_s = (f_s > 0).mean(0), f_s.max(0)
+    del f_s
     R = cfg.n_null
-    U, tau, proj = N.directions(a_s, (f_s > 0).mean(0), R, rng)
+    U, tau, proj = N.directions(a_s, rate_s, R, rng)
     src.set_nulls(U, tau)
     F = n_features + R
-    scale = np.concatenate([f_s.max(0), np.maximum(proj - tau, 0).max(0)])
+    scale = np.concatenate([max_s, np.maximum(proj - tau, 0).max(0)])
     present = {v.name: np.bincount(v.bins(g_s), minlength=v.n_bins) > 0 for v in variables
                if v.kind == "categorical"}
     targets = [(v, t) for v in variables if v.named for t in v.targets(present.get(v.name))]

@@ -2,13 +2,20 @@
 tokens and with features (the store is streamed, never held in memory).
 
 Builds its inputs once under --work: `shapes` renders, TAESD tokens of a stride-1 hook (4096 tokens per 64x64
-image) for held-out images, and TopK SAEs of several widths trained on training images.
+image) for held-out images, and TopK SAEs of several widths trained on training images (each step skipped when its
+output is up to date).
 
     .venv/bin/python benchmarks/score_scaling.py --taesd ../shared/weights/taesd --work /tmp/scorebench
+    .venv/bin/python benchmarks/score_scaling.py --taesd ../shared/weights/taesd --case 4096x1000000 --case 4096x250000
+
+``--case WIDTHxTOKENS`` (repeatable) scores only those cases; ``--setup-only`` builds the inputs and stops. Each
+case writes ``scores_WIDTH_TOKENS[_TAG]`` under --work and prints its total, stage timings and peak RSS (of this
+process, so run one case per process for a clean memory figure).
 """
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -27,6 +34,9 @@ def main():
     ap.add_argument("--hook", default="enc1")
     ap.add_argument("--tokens", default="125000,250000,500000,1000000")
     ap.add_argument("--widths", default="1024,2048,4096")
+    ap.add_argument("--case", action="append", default=[], help="WIDTHxTOKENS: score only this case (repeatable)")
+    ap.add_argument("--setup-only", action="store_true", help="build the inputs, score nothing")
+    ap.add_argument("--tag", default="", help="suffix of the output folders (scores_WIDTH_TOKENS_TAG)")
     args = ap.parse_args()
     w = Path(args.work)
     t = time.time()
@@ -36,29 +46,40 @@ def main():
                    progress=False)
     train = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="train",
                                   tokens_per_image=128), w / "train", progress=False)
+    widths = sorted(set(map(int, args.widths.split(","))) | {int(c.split("x")[0]) for c in args.case})
     saes = {}
-    for width in map(int, args.widths.split(",")):
+    for width in widths:
         saes[width] = w / f"sae{width}"
-        train_sae(train, saes[width], SAETrainConfig(hook=args.hook, width=width, k=32, training_tokens=200_000,
-                                                    checkpoints=0), progress=False, evaluate=False)
-    print(f"setup {time.time() - t:.0f} s")
+        if not (saes[width] / "training.json").exists():
+            train_sae(train, saes[width], SAETrainConfig(hook=args.hook, width=width, k=32, training_tokens=200_000,
+                                                        checkpoints=0), progress=False, evaluate=False)
+    print(f"setup {time.time() - t:.0f} s", flush=True)
+    if args.setup_only:
+        return
     rows = []
 
     def timed(width: int, n: int):
         t = time.time()
-        s = score_sae(test, saes[width], w / f"scores_{width}_{n}", ScoreConfig(max_tokens=n), hook=args.hook,
-                      progress=False, log=lambda *_: None)
+        out = w / (f"scores_{width}_{n}" + (f"_{args.tag}" if args.tag else ""))
+        s = score_sae(test, saes[width], out, ScoreConfig(max_tokens=n), hook=args.hook, progress=False,
+                      log=lambda *_: None)
         rows.append({"features": width, "tokens": s["tokens"], "seconds": round(time.time() - t, 1),
-                     "stages": s["timings"]})
+                     "stages": s["timings"],
+                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
         print(json.dumps(rows[-1]), flush=True)
 
-    widest = max(saes)
-    for n in map(int, args.tokens.split(",")):  # the widest SAE over growing token counts
-        timed(widest, n)
-    n = min(map(int, args.tokens.split(",")))
-    for width in sorted(saes)[:-1]:  # the narrower ones on the fewest tokens
-        timed(width, n)
-    (w / "score_scaling.json").write_text(json.dumps(rows, indent=1))
+    if args.case:
+        for case in args.case:
+            width, n = map(int, case.lower().split("x"))
+            timed(width, n)
+    else:
+        widest = max(saes)
+        for n in map(int, args.tokens.split(",")):  # the widest SAE over growing token counts
+            timed(widest, n)
+        n = min(map(int, args.tokens.split(",")))
+        for width in sorted(saes)[:-1]:  # the narrower ones on the fewest tokens
+            timed(width, n)
+    (w / ("score_scaling" + (f"_{args.tag}" if args.tag else "") + ".json")).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ class Bootstrap:
         im = np.concatenate([p[2] for p in parts])
         self.fold = np.concatenate([np.full(len(p[0]), k) for k, p in enumerate(parts)])
         if predictors:
-            self.pred = np.concatenate([predictors[k](parts[k][0])[:, top] for k in (0, 1)])
+            self.pred = np.concatenate([(predictors[k].held_out if hasattr(predictors[k], "held_out")
+                                         else predictors[k](parts[k][0]))[:, top] for k in (0, 1)])
         self.images = np.unique(im)
         self.pos = np.searchsorted(self.images, im)
         self.named = [k for k, v in enumerate(variables) if v.named]

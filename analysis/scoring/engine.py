@@ -16,8 +16,26 @@ import torch
 from ..probe import to_csr
 
 
+def _topk_exact(sae) -> bool:
+    """Whether ``sae.encode`` is sae-lens's plain TopK encode (no hooks, dense output), which
+    :func:`sae_encoder` can compute sparse."""
+    try:
+        from sae_lens.saes.topk_sae import TopK, TopKSAE
+    except ImportError:  # pragma: no cover - sae-lens is a dependency
+        return False
+    hooks = [getattr(sae, h, None) for h in ("hook_sae_acts_pre", "hook_sae_acts_post")]
+    return (isinstance(sae, TopKSAE) and type(sae).encode is TopKSAE.encode
+            and isinstance(getattr(sae, "activation_fn", None), TopK) and not sae.activation_fn.use_sparse_activations
+            and all(h is not None and not h._forward_hooks and not h._backward_hooks for h in hooks))
+
+
 def sae_encoder(sae, device: str = "cpu", batch: int = 8192):
-    """acts (n, d_in) numpy -> features (n, F) torch float32 on the CPU."""
+    """acts (n, d_in) numpy -> features (n, F) torch float32 on the CPU.
+
+    The returned function has ``.sparse(acts) -> scipy CSR float32``: the same features without the dense matrix.
+    For a TopK SAE it is computed from the top-k pre-activations directly (the same operations as ``sae.encode``,
+    so the same values; the dense scatter and its conversion are skipped), otherwise from the dense encode.
+    """
 
     def encode(acts):
         out = []
@@ -26,6 +44,34 @@ def sae_encoder(sae, device: str = "cpu", batch: int = 8192):
                 out.append(sae.encode(torch.from_numpy(np.ascontiguousarray(acts[s:s + batch])).to(device)).cpu())
         return torch.cat(out) if out else torch.zeros((0, sae.cfg.d_sae))
 
+    topk = _topk_exact(sae)
+
+    def sparse(acts) -> sp.csr_matrix:
+        if not topk:
+            return to_csr(encode(acts))
+        parts = []
+        with torch.no_grad():
+            for s in range(0, len(acts), batch):
+                x = torch.from_numpy(np.ascontiguousarray(acts[s:s + batch])).to(device)
+                # TopKSAE.encode, step by step: pre-activations, top k (unsorted), ReLU on the values
+                h = sae.process_sae_in(x) @ sae.W_enc
+                h += sae.b_enc
+                if sae.cfg.rescale_acts_by_decoder_norm:
+                    h = h * sae.W_dec.norm(dim=-1)
+                vals, idx = torch.topk(h, k=sae.activation_fn.k, dim=-1, sorted=False)
+                del h
+                vals = vals.relu()
+                idx, order = torch.sort(idx, dim=1)  # CSR order: columns ascending in each row
+                vals = torch.gather(vals, 1, order).cpu().numpy()
+                idx = idx.cpu().numpy()
+                keep = vals != 0  # what a dense matrix's conversion drops
+                indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+                parts.append(sp.csr_matrix((vals[keep], idx[keep], indptr), shape=(len(x), sae.cfg.d_sae)))
+        if not parts:
+            return sp.csr_matrix((0, sae.cfg.d_sae), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+    encode.sparse = sparse
     return encode
 
 
@@ -67,11 +113,17 @@ class FeatureSource:
             yield c.acts, np.asarray(c.gt, np.float64), c.where
 
     def features(self, acts: np.ndarray) -> sp.csr_matrix:
-        f = self.encode_fn(acts)
-        f = f.float() if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32))
-        if self.U is not None:
-            f = torch.cat([f, torch.as_tensor(np.maximum(acts @ self.U - self.tau, 0), dtype=torch.float32)], 1)
-        return to_csr(f)
+        sparse = getattr(self.encode_fn, "sparse", None)
+        if sparse is None:
+            f = self.encode_fn(acts)
+            f = f.float() if torch.is_tensor(f) else torch.as_tensor(np.asarray(f, dtype=np.float32))
+            f = to_csr(f)
+        else:
+            f = sparse(acts)
+        if self.U is not None:  # the nulls: their own CSR, set beside the features' (columns stay ascending)
+            null = sp.csr_matrix(np.maximum(acts @ self.U - self.tau, 0).astype(np.float32))
+            f = sp.hstack([f, null], format="csr")
+        return f
 
     def chunks(self, fold_of: np.ndarray, variables):
         for a, g, w in self.raw_chunks():

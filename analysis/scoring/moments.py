@@ -23,10 +23,11 @@ class Moments:
 
     def add(self, c: Chunk):
         f, g, w = c.f, c.gt, c.where
+        F = self.F
         self.n_tok += len(g)
         self.s1 += np.asarray(f.sum(0)).ravel()
         self.f_sq += np.asarray(f.multiply(f).sum(0)).ravel()
-        self.nnz += np.diff(f.tocsc().indptr)
+        self.nnz += np.bincount(f.indices, minlength=F)
         self.mx = np.maximum(self.mx, f.max(0).toarray().ravel())
         gg = np.nan_to_num(g)
         self.fg_sum += (f.T @ gg)
@@ -35,19 +36,28 @@ class Moments:
         for im in np.unique(w[:, 0]):
             rows = w[:, 0] == im
             self.img_sum[int(im)] = self.img_sum.get(int(im), 0) + np.asarray(f[rows].sum(0)).ravel()
-        # running top activations per feature, from the nonzeros only
-        F, k = self.F, self.k
-        coo = f.tocoo()
-        cand_j = np.concatenate([np.repeat(np.arange(F), k), coo.col])
-        cand_v = np.concatenate([self.top_val.ravel(), coo.data])
-        cand_w = np.concatenate([self.top_where.reshape(-1, 3), w[coo.row][:, :3]])
+        self._top(f.tocoo(), w)
+
+    def _top(self, coo, w):
+        """Running top activations per feature, from the nonzeros only. A nonzero can enter a feature's list only
+        if it beats that list's last value (a tie ranks after the entries already there), so only those
+        features' lists are merged again, as they would be in a merge of every list."""
+        k = self.k
+        beats = coo.data > self.top_val[coo.col, k - 1]
+        if not beats.any():
+            return
+        new_j, new_v, new_w = coo.col[beats], coo.data[beats], w[coo.row[beats]][:, :3]
+        touched = np.unique(new_j)
+        cand_j = np.concatenate([np.repeat(touched, k), new_j])
+        cand_v = np.concatenate([self.top_val[touched].ravel(), new_v])
+        cand_w = np.concatenate([self.top_where[touched].reshape(-1, 3), new_w])
         order = np.lexsort((-cand_v, cand_j))
         cand_j, cand_v, cand_w = cand_j[order], cand_v[order], cand_w[order]
-        start = np.searchsorted(cand_j, np.arange(F))
-        rank = np.arange(len(cand_j)) - start[cand_j]
+        start = np.searchsorted(cand_j, touched)
+        rank = np.arange(len(cand_j)) - start[np.searchsorted(touched, cand_j)]
         keep = rank < k
-        self.top_val = np.full((F, k), -np.inf)
-        self.top_where = np.full((F, k, 3), -1, np.int64)
+        self.top_val[touched] = -np.inf
+        self.top_where[touched] = -1
         self.top_val[cand_j[keep], rank[keep]] = cand_v[keep]
         self.top_where[cand_j[keep], rank[keep]] = cand_w[keep]
 

@@ -104,27 +104,33 @@ class NamedMatch:
         lo, hi = np.minimum(pv[..., 0], pv[..., 1]), np.maximum(pv[..., 0], pv[..., 1])
         pair_ids, inv = np.unique(lo * V + hi, return_inverse=True)
         inv = inv.reshape(F, S)
-        cnt = np.zeros((2, len(pair_ids), C * C))
-        ps1 = np.zeros((2, F, S, C * C))
-        ps2 = np.zeros((2, F, S, C * C))
+        U, CC = len(pair_ids), C * C
+        cnt = np.zeros((2, U, CC))
+        ps1 = np.zeros((2, S, F, CC))  # slot-major, so each chunk's sums are one contiguous add
+        ps2 = np.zeros((2, S, F, CC))
+        first, second = pair_ids // V, pair_ids % V
         cached = self.cache
         chunks = cached if cached is not None else ((c.f, c.fold, self.coarse(c.gt)) for c in rechunk())
         bar = tqdm(desc="score: pass 2 (pairs)", unit="tok", disable=not progress)
         for f, fold, cb in chunks:
-            for u, pid in enumerate(pair_ids):
-                jb = cb[pid // V] * C + cb[pid % V]
-                cnt[:, u] += np.bincount(fold * C * C + jb, minlength=2 * C * C).reshape(2, C * C)
+            cb = cb.astype(np.int64)
+            jb = cb[first] * C + cb[second]  # (U, N): every pair's joint bin of every token
+            cell = (np.arange(U)[:, None] * 2 + fold[None]) * CC + jb
+            cnt += np.bincount(cell.ravel(), minlength=U * 2 * CC).reshape(U, 2, CC).transpose(1, 0, 2)
             coo = f.tocoo()
             i, j, val = coo.row, coo.col, coo.data
-            fi = fold[i] * F + j
-            for s_ in range(S):
-                pid = pair_ids[inv[j, s_]]
-                idx = fi * (C * C) + cb[pid // V, i] * C + cb[pid % V, i]
-                ps1[:, :, s_] += np.bincount(idx, weights=val, minlength=2 * F * C * C).reshape(2, F, C * C)
-                ps2[:, :, s_] += np.bincount(idx, weights=val * val, minlength=2 * F * C * C).reshape(2, F, C * C)
+            # every slot in one bincount: index (fold, slot, feature, joint bin); the same terms in the same
+            # order per cell as one bincount per slot
+            u = inv[j]  # (nnz, S): the pair of each nonzero's feature in each slot
+            idx = ((fold[i][None] * S + np.arange(S)[:, None]) * F + j[None]) * CC + jb[u.T, i[None]]
+            idx = idx.ravel()
+            ps1 += np.bincount(idx, weights=np.tile(val.astype(np.float64), S),
+                               minlength=2 * S * F * CC).reshape(2, S, F, CC)
+            ps2 += np.bincount(idx, weights=np.tile(val * val, S), minlength=2 * S * F * CC).reshape(2, S, F, CC)
             bar.update(f.shape[0])
         bar.close()
         self.cache = None
+        ps1, ps2 = ps1.transpose(0, 2, 1, 3), ps2.transpose(0, 2, 1, 3)  # (2, F, S, CC)
         pr2 = pair_eta(cnt[:, inv], ps1, ps2)  # (F, S)
         return np.where(np.isnan(pr2), -np.inf, pr2)
 

@@ -108,7 +108,8 @@ def r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarr
 
 
 def scene_r2_mlp(sample: FoldSample, steps: int = 1500, hidden: int = 256, seed: int = 0, device: str = "cpu"):
-    """Cross-validated R^2 ``(F,)`` and the predictors {evaluated fold b: predict fitted on the other fold}."""
+    """Cross-validated R^2 ``(F,)`` and the predictors {evaluated fold b: predict fitted on the other fold}; each
+    predictor's ``held_out`` is its prediction of fold b's sample (the bootstrap reuses it)."""
     if min(sample.n.values()) < 10:
         return None, {}
     out, predictors = [], {}
@@ -116,7 +117,9 @@ def scene_r2_mlp(sample: FoldSample, steps: int = 1500, hidden: int = 256, seed:
         ga, fa, _ = sample.arrays(a)
         gb, fb, _ = sample.arrays(b)
         predictors[b] = _fit(ga, fa, steps, hidden, seed, device)
-        out.append(r2(fb.toarray(), predictors[b](gb)))
+        pred = predictors[b](gb)
+        predictors[b].held_out = pred  # its predictions of fold b's sample, kept for the bootstrap
+        out.append(r2(fb.toarray(), pred))
     stacked = np.stack(out)
     both = np.isfinite(stacked).any(0)
     mean = np.full(stacked.shape[1], np.nan)

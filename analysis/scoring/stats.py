@@ -37,13 +37,14 @@ class BinnedStats:
         i, j, v = f.row, f.col, f.data
         w = np.ones(bins_VN.shape[1]) if w_N is None else w_N
         wi = w[i]
+        w1, w2 = v * wi, v * v * wi  # the same weights for every variable
+        n = 2 * self.B * self.F
         for k in range(self.V):
             cell = fold_N * self.B + bins_VN[k]  # (N,)
             self.count[:, k] += np.bincount(cell, weights=w, minlength=2 * self.B).reshape(2, self.B)
             idx = cell[i] * self.F + j
-            self.s1[:, k] += np.bincount(idx, weights=v * wi, minlength=2 * self.B * self.F).reshape(2, self.B, self.F)
-            self.s2[:, k] += np.bincount(idx, weights=v * v * wi,
-                                         minlength=2 * self.B * self.F).reshape(2, self.B, self.F)
+            self.s1[:, k] += np.bincount(idx, weights=w1, minlength=n).reshape(2, self.B, self.F)
+            self.s2[:, k] += np.bincount(idx, weights=w2, minlength=n).reshape(2, self.B, self.F)
 
     def r2_cv(self) -> np.ndarray:
         """Cross-validated correlation ratio ``(V, F)``: bin means fitted on one fold, R^2 on the other, averaged.
@@ -130,19 +131,26 @@ class RidgeStats:
     def add(self, f, gt_NG: np.ndarray, fold_N: np.ndarray, w_N: np.ndarray | None = None):
         f = as_csr(f)
         p = self.phi(gt_NG)
-        w = np.ones(len(p)) if w_N is None else w_N
         for k in (0, 1):
             sel = np.flatnonzero(fold_N == k)
             if not len(sel):
                 continue
-            pk, wk = p[sel], w[sel]
-            fk = f[sel]
-            self.A[k] += (pk * wk[:, None]).T @ pk
-            fw = sp.diags(wk) @ fk
+            whole = len(sel) == len(p)
+            pk = p if whole else p[sel]
+            fk = f if whole else f[sel]
+            if w_N is None:  # unit weights: phi^T phi as a symmetric rank-k update (numpy's syrk), no weighting
+                self.A[k] += pk.T @ pk
+                fw = fk.astype(np.float64)  # sums in float64, as with weights
+                self.n[k] += len(sel)
+                self.s2[k] += np.asarray(fk.multiply(fk).T @ np.ones(len(sel))).ravel()
+            else:
+                wk = w_N[sel]
+                self.A[k] += (pk * wk[:, None]).T @ pk
+                fw = sp.diags(wk) @ fk
+                self.n[k] += wk.sum()
+                self.s2[k] += np.asarray(fk.multiply(fk).T @ wk).ravel()
             self.Bm[k] += (fw.T @ pk).T
             self.s1[k] += np.asarray(fw.sum(0)).ravel()
-            self.s2[k] += np.asarray(fk.multiply(fk).T @ wk).ravel()
-            self.n[k] += wk.sum()
 
     def r2_cv(self, lambdas=(1e-4, 1e-3, 1e-2, 1e-1)) -> tuple[np.ndarray, float]:
         """Cross-validated R^2 ``(F,)`` for the ridge penalty (relative to the mean eigenvalue) that maximises
