@@ -12,7 +12,6 @@ through today's code; the old one's outputs are those of the old code (the new o
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from frobnolab.analysis.pipeline import QUICKSTART_PRESETS, QuickstartConfig, run_quickstart
@@ -52,7 +51,7 @@ def main():
     for name, cfg in (("old default", OLD), ("new default", QUICKSTART_PRESETS["quickstart"])):
         run = Path(args.work) / name.split()[0]
         t = time.time()
-        stages = run_quickstart(replace(cfg), run, taesd=taesd, progress=False, log=lambda *_: None)
+        stages = run_quickstart(cfg, run, taesd=taesd, progress=False, log=lambda *_: None)
         rows[name] = {"wall_s": round(time.time() - t, 1), "stages": stages, **health(run, bool(taesd))}
         print(json.dumps({name: rows[name]}), flush=True)
     (Path(args.work) / "main_job.json").write_text(json.dumps(rows, indent=1))
