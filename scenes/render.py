@@ -17,7 +17,7 @@ import numpy as np
 
 from . import edges
 from .gl import pyrender
-from .primitives import SHAPE_CLASSES, row_norms
+from .primitives import SHAPE_CLASSES, as_rows, row_norms
 from .scene import Scene, linear_to_srgb, look_at, orient_towards
 from .shading import shade
 from .textures import MATERIAL_CLASSES
@@ -158,8 +158,9 @@ def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str,
     cam = scene.camera
     h, w = depth_HW.shape
     fg = ids_HW > 0
-    pos_HW3 = cam.unproject(depth_HW.astype(np.float64))
-    pos = pos_HW3[fg]
+    # Rows of (N, 3) arrays are gathered and scattered as whole records (as_rows) or with take: the same bytes as
+    # boolean or fancy indexing, which numpy does slowly over a last axis of 3.
+    pos = as_rows(cam.unproject(depth_HW.astype(np.float64)))[fg].view(np.float64).reshape(-1, 3)
     inst = ids_HW[fg].astype(np.int64)
     n = len(pos)
     normal, albedo, tint = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros((n, 3))  # tint: the specular colour
@@ -168,8 +169,11 @@ def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str,
         sel = np.flatnonzero(inst == k + 1)  # indices, found once for the six uses below
         if not len(sel):
             continue
-        normal[sel], curv[sel], albedo_k = obj.surface(pos[sel])
-        albedo[sel], tint[sel] = albedo_k, obj.material.specular_color(albedo_k)
+        normal_k, curv[sel], albedo_k = obj.surface(pos.take(sel, axis=0))
+        albedo_k = np.ascontiguousarray(albedo_k, np.float64)
+        as_rows(normal)[sel] = as_rows(np.ascontiguousarray(normal_k, np.float64))
+        as_rows(albedo)[sel] = as_rows(albedo_k)
+        as_rows(tint)[sel] = as_rows(np.ascontiguousarray(obj.material.specular_color(albedo_k), np.float64))
         shape_cls[sel] = SHAPE_CLASSES.index(obj.shape_name)
         mat_cls[sel] = MATERIAL_CLASSES.index(obj.material.texture.kind)
     dist = row_norms(pos - cam.center)
@@ -179,12 +183,15 @@ def compose(scene: Scene, depth_HW: np.ndarray, ids_HW: np.ndarray) -> dict[str,
     spec *= tint
 
     out = {}
-    fg_flat = np.flatnonzero(fg)  # the mask's indices once, not once per buffer
 
     def scatter(values, fill, dtype):
-        full = np.full((h * w,) + values.shape[1:], fill, dtype=dtype)
-        full[fg_flat] = values
-        return full.reshape((h, w) + values.shape[1:])
+        """``values`` (N[, C]) at the foreground pixels of an (H, W[, C]) buffer of ``dtype``, ``fill`` elsewhere."""
+        full = np.full((h, w) + values.shape[1:], fill, dtype=dtype)
+        if values.ndim == 1:
+            full[fg] = values
+        else:  # cast first (the same rounding as the assignment's), then move whole rows
+            as_rows(full)[fg] = as_rows(np.ascontiguousarray(values, dtype))
+        return full
 
     out["albedo"] = scatter(albedo, 0, np.float32)
     out["albedo"][~fg] = scene.background
