@@ -114,13 +114,18 @@ class Renderer:
         cam = scene.camera
         pr = _KeepAliveScene(bg_color=[0, 0, 0, 0])
         seg = {}
+        # Nodes are added at the identity and then given their pose with set_pose, which stores the matrix as it is
+        # (what add(pose=...) ends with too), without add's decomposition of it into a quaternion, scale and
+        # translation that the renderer never reads.
         for k, obj in enumerate(scene.objects):
-            node = pr.add(self._mesh(obj.shape), pose=obj.pose @ np.diag(np.append(obj.shape.stretch, 1.0)))
+            node = pr.add(self._mesh(obj.shape))
+            pr.set_pose(node, obj.pose @ np.diag(np.append(obj.shape.stretch, 1.0)))
             i = k + 1
             seg[node] = (i & 255, i >> 8, 0)
         pr.kept = {mesh for _, mesh in self._meshes.values()}  # uploaded, not drawn
-        pr.add(pyrender.PerspectiveCamera(yfov=cam.yfov, aspectRatio=cam.width / cam.height,
-                                          znear=cam.znear, zfar=cam.zfar), pose=cam.pose)
+        node = pr.add(pyrender.PerspectiveCamera(yfov=cam.yfov, aspectRatio=cam.width / cam.height,
+                                                 znear=cam.znear, zfar=cam.zfar))
+        pr.set_pose(node, cam.pose)
         color, depth = self._gl.render(pr, flags=pyrender.RenderFlags.SEG, seg_node_map=seg)
         ids = color[..., 0].astype(np.int16) + (color[..., 1].astype(np.int16) << 8)
         return depth.astype(np.float32), ids
