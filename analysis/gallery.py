@@ -64,6 +64,20 @@ class Run:
         return self.store[self.hook].activations("test", max_tokens=50_000)
 
     @cached_property
+    def held_out_codes(self):
+        """The SAE's features on :attr:`held_out_acts`, encoded once (sparse columns: CSC)."""
+        from .probe import to_csr
+
+        with torch.no_grad():
+            return to_csr(self.sae.encode(torch.from_numpy(self.held_out_acts))).tocsc()
+
+    @cached_property
+    def spliced_output(self) -> torch.Tensor:
+        """The probe's output with the SAE spliced in (the "before" of every ablation panel)."""
+        with torch.no_grad():
+            return self.probe.output(self.probe.splice())
+
+    @cached_property
     def probe(self):
         """A causal probe on the first held-out image (for the ablation panels)."""
         from .probe import CausalProbe
@@ -101,8 +115,7 @@ def _mpl():
 
 def histogram_figure(run: Run, feature: int, path: Path) -> Path:
     plt = _mpl()
-    with torch.no_grad():
-        f = run.sae.encode(torch.from_numpy(run.held_out_acts))[:, feature].numpy()
+    f = run.held_out_codes[:, feature].toarray()[:, 0]
     fig, ax = plt.subplots(figsize=(4, 2.6), constrained_layout=True)
     nz = f[f > 0]
     ax.hist(nz if len(nz) else [0], bins=40, color="#4c72b0")
@@ -135,7 +148,7 @@ def ablation_figure(run: Run, feature: int, path: Path) -> Path | None:
     plt = _mpl()
     probe = run.probe
     with torch.no_grad():
-        before = probe.output(probe.splice())
+        before = run.spliced_output
         after = probe.ablated_output(feature)
     x = probe.target[0].permute(1, 2, 0).numpy()
     b, a = before[0].permute(1, 2, 0).clamp(0, 1).numpy(), after[0].permute(1, 2, 0).clamp(0, 1).numpy()

@@ -70,6 +70,7 @@ class CausalProbe:
         self.images = np.asarray(self.ds.split("test")[:n_images] if images is None else images)
         self.batch = self.domain.batch(self.ds, self.images, device, rays_per_image)
         self._codes = None
+        self._clean = None
         self._sae_err = None
 
     @property
@@ -78,8 +79,23 @@ class CausalProbe:
         return self.batch.target
 
     def output(self, edit=None) -> torch.Tensor:
-        """The model's output on the probe's images; ``edit``: a function applied to the hook's output."""
+        """The model's output on the probe's images; ``edit``: a function applied to the hook's output.
+
+        A model that can resume at the hook (``resume_points``, ``forward_from``: the image models) runs only the
+        layers after it on ``edit(clean activation)``: nothing before the hook is edited, so its output is the
+        clean one every time, and the result is bit-identical to the hooked full forward (tested) at a fraction of
+        its cost (TAESD at ``enc7``: about half)."""
+        if edit is not None and self.path in getattr(self.model, "resume_points", ()):
+            return self.model.forward_from(self.path, edit(self.clean_activation()))
         return self.domain.forward(self.model, self.batch, {self.path: edit} if edit else None)
+
+    def clean_activation(self) -> torch.Tensor:
+        """The hook's output on the probe's images, unedited (computed once)."""
+        if self._clean is None:
+            with torch.no_grad(), capture(self.model.hook_root, [self.path]) as acts:
+                self.domain.forward(self.model, self.batch)
+            self._clean = acts[self.path]
+        return self._clean
 
     def pixel_error(self, out) -> torch.Tensor:
         """(n_images, P) squared error per pixel (channels summed)."""
@@ -90,9 +106,7 @@ class CausalProbe:
         reconstruction; every later splice reuses them (the probe's inputs never change)."""
         if self._codes is not None:
             return self._codes
-        with torch.no_grad(), capture(self.model.hook_root, [self.path]) as acts:
-            self.output()
-        t = acts[self.path]
+        t = self.clean_activation()
         self._shape = t.shape
         flat = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]) if t.ndim == 4 else t
         cols, recs = [], []

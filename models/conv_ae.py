@@ -84,3 +84,25 @@ class ConvAutoencoder(nn.Module):
         if x.ndim != 4 or x.shape[-1] % m or x.shape[-2] % m:
             raise ValueError(f"ConvAutoencoder: expected (B, C, H, W) with H, W divisible by {m}, got {tuple(x.shape)}")
         return torch.sigmoid(self.head(self.decoder(self.bottleneck(self.encoder(x)))))
+
+    def _stages(self) -> list[tuple[str, nn.Module]]:
+        """The forward as a chain of (hook path, module), in order."""
+        return ([(f"encoder.{i}", m) for i, m in enumerate(self.encoder)] + [("bottleneck", self.bottleneck)]
+                + [(f"decoder.{i}", m) for i, m in enumerate(self.decoder)] + [("head", self.head)])
+
+    @property
+    def resume_points(self) -> set[str]:
+        """Hook paths :meth:`forward_from` can resume at (every hook point)."""
+        return {p for p, _ in self._stages()}
+
+    def forward_from(self, path: str, h: torch.Tensor) -> torch.Tensor:
+        """The output when the module at ``path`` outputs ``h``: only the layers after it run (a splice at a
+        hook replaces its output whatever came before). The same operations as :meth:`forward` with that output
+        replaced, so the result is bit-identical."""
+        stages = self._stages()
+        names = [p for p, _ in stages]
+        if path not in names:
+            raise ValueError(f"ConvAutoencoder.forward_from: cannot resume at {path!r} (one of {names})")
+        for _, m in stages[names.index(path) + 1:]:
+            h = m(h)
+        return torch.sigmoid(h)

@@ -111,6 +111,26 @@ class TAESD(nn.Module):
             raise ValueError(f"TAESD: expected (B, 3, H, W) with H, W divisible by 8, got {tuple(x01.shape)}")
         return self.decode(self.encode(x01))
 
+    @property
+    def resume_points(self) -> set[str]:
+        """Hook paths :meth:`forward_from` can resume at: every encoder and decoder layer (none when diffusers
+        slices or tiles, which splits the forward differently)."""
+        if self.net.use_slicing or self.net.use_tiling:
+            return set()
+        return {h.path for h in self.hook_points}
+
+    def forward_from(self, path: str, h: torch.Tensor) -> torch.Tensor:
+        """The output when the layer at ``path`` outputs ``h``: only the layers after it run. Mirrors diffusers'
+        EncoderTiny / DecoderTiny forwards op for op (tests compare it bit for bit with the hooked full forward)."""
+        if path not in self.resume_points:
+            raise ValueError(f"TAESD.forward_from: cannot resume at {path!r}")
+        part, _, k = path.rpartition(".")
+        k = int(k)
+        if part == "encoder.layers":
+            return self.decode(self.net.encoder.layers[k + 1:](h))
+        x = self.net.decoder.layers[k + 1:](h)
+        return (x.mul(2).sub(1) + 1) / 2
+
 
 def random_taesd(seed: int = 0, **config) -> TAESD:
     """An AutoencoderTiny with random weights (the null model), default config unless overridden."""

@@ -43,3 +43,25 @@ def test_field_probe_replays_exactly_and_ablations_change_the_render(tiny_single
     assert np.abs(changes[0]).max() > 0  # the busiest unit matters to the render
     if dead:
         np.testing.assert_array_equal(changes[1], 0)  # a unit that never fires changes nothing
+
+
+def test_image_probe_resumes_at_the_hook_with_the_same_losses(tiny_dataset, tmp_path):
+    """Splices, the zero layer and ablations run only the layers after the hook, bit-identical to full forwards."""
+    from frobnolab.models.conv_ae import ConvAEConfig, ConvAutoencoder
+
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(ConvAEConfig(channels=(8, 16), latent_channels=4)).eval()
+    store = ActivationStore(extract(ExtractConfig(model="conv_ae", dataset=str(tiny_dataset), hooks=("enc0",)),
+                                    tmp_path / "st", model=ae, progress=False))
+    sae = IdentitySAE(8)
+    resumed = CausalProbe(ae, sae, store, "enc0", n_images=2)
+    full = CausalProbe(ae, sae, store, "enc0", n_images=2)
+    full.model = torch.nn.Module()  # a model without forward_from: the probe falls back to the hooked forward
+    full.model.forward, full.model.hook_root = ae.forward, ae
+    assert "encoder.0" in resumed.model.resume_points and not hasattr(full.model, "resume_points")
+    for k, v in resumed.baseline().items():
+        np.testing.assert_array_equal(v, full.baseline()[k])
+    a, b = resumed.ablate([0, 3]), full.ablate([0, 3])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert np.abs(a[1]).max() > 0

@@ -106,3 +106,25 @@ def test_capture_stop_ends_the_forward_at_the_deepest_hook_with_the_same_activat
     with pytest.raises(RuntimeError, match="inside"):  # other errors still propagate
         with capture(m, ["encoder.0"], stop=True):
             raise RuntimeError("inside")
+
+
+@pytest.mark.parametrize("make", [lambda: ConvAutoencoder(ConvAEConfig(channels=(8, 16), latent_channels=4)),
+                                  lambda: random_taesd(0)], ids=["conv-ae", "taesd"])
+def test_forward_from_equals_the_hooked_full_forward_bit_for_bit(make):
+    torch.manual_seed(0)
+    m = make().eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert m.resume_points == {h.path for h in m.hook_points} | ({"head"} if hasattr(m, "head") else set())
+    with torch.no_grad():
+        clean = m(x)
+        for path in sorted(m.resume_points):
+            with capture(m.hook_root, [path]) as acts:
+                m(x)
+            h = acts[path] * 0.5 + 0.1  # an edit that changes the output
+            with capture(m.hook_root, [], edit={path: lambda t, h=h: h}):
+                full = m(x)
+            resumed = m.forward_from(path, h)
+            assert torch.equal(resumed, full), path
+            assert not torch.equal(resumed, clean), path
+    with pytest.raises(ValueError, match="cannot resume"):
+        m.forward_from("no.such.layer", x)
