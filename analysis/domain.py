@@ -68,7 +68,7 @@ class ImageDomain:
         x = torch.from_numpy(np.ascontiguousarray(ds["rgb"][img_idx])).permute(0, 3, 1, 2).to(cfg.device)
         with torch.no_grad(), capture(model.hook_root, [h.path for h in hooks], stop=True) as acts:
             model(x)
-        bufs = {name: np.asarray(ds[name][img_idx]) for name in ds.buffers}
+        bufs = C.pixel_inputs(ds, img_idx, concepts)  # the buffers and what the concepts read beside them
         per_pixel = [(c, np.asarray(c.pixel(bufs))) for c in concepts]
         H, W = ds.size
         out = {}

@@ -1,8 +1,17 @@
 """Concept variables: each named concept of a store, discretised into bins for correlation ratios.
 
-- continuous concept: quantile bins of its pooled value (16 for single-concept scores, 10 for pairs);
-- binary concept: bins of the fraction of the footprint where it holds ({0}, (0, .25], ..., {1}); a detection
-  target "holds on at least half the footprint";
+- continuous and binary concepts: bins of the pooled value (a binary concept's value is the fraction of the
+  footprint where it holds; its detection target is "holds on at least half the footprint"), made by
+  :func:`bin_edges` from a sample of tokens: each distinct value its own bin when there are few (a binary fraction
+  takes at most stride^2 + 1 values); otherwise an atom at either end of the range (a value that holds a bin's
+  share of the tokens, such as the zeros of a sparse concept) its own bin, quantile bins of the rest, and a heavy
+  tail split geometrically (bins of 1/2, 1/4, ... of the extreme bin's tokens, at least ``MIN_COUNT`` each) while
+  its extreme bin holds more than ``TAIL_SHARE`` of the concept's variance. So the bins that a rare highlight or a
+  thin edge falls in are not merged with the bulk (16 equal-count bins put 91% of a highlight's variance into its
+  top bin). About ``FINE`` bins for single-concept scores, ``COARSE`` per concept for pairs;
+- circular concept (columns ``name.cos``, ``name.sin``): bin 0 where the mean unit vector is shorter than
+  ``MIN_RESULTANT`` (no direction), otherwise bins of its angle in (-pi, pi] (:func:`circular_edges`: equal
+  sectors and quantiles): the bins partition the circle, so nothing is scored across a wrap at 360 degrees;
 - categorical concept: the footprint's majority class; one detection target per class present.
 """
 
@@ -12,9 +21,71 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FINE, COARSE = 16, 10
-BINARY_EDGES = np.array([1e-6, 0.25, 0.5, 0.75, 1 - 1e-6])
-BINARY_COARSE = np.array([1e-6, 1 - 1e-6])
+FINE, COARSE = 32, 10
+MIN_COUNT = 8
+"""Fewest sample tokens in a tail bin."""
+TAIL_SHARE = 0.01
+"""An extreme bin that holds more than this share of the concept's variance is split geometrically."""
+MAX_TAIL = 8
+"""At most this many geometric splits at each end."""
+MIN_RESULTANT = 0.05
+"""A circular concept's mean unit vector shorter than this has no direction (its own bin)."""
+
+
+def bin_edges(x: np.ndarray, budget: int, min_count: int = MIN_COUNT) -> np.ndarray:
+    """Edges (for ``searchsorted(edges, v, side="right")``) of at most about ``budget`` bins of the values ``x``:
+    distinct values when few, else atoms, quantiles of the rest and geometric heavy tails (module docstring)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return np.array([])
+    u, cnt = np.unique(x, return_counts=True)
+    mid = (u[1:] + u[:-1]) / 2
+    if len(u) <= budget:
+        return mid
+    atom = cnt >= max(len(x) / budget, min_count)
+    atom[1:-1] = False  # only the ends: a sparse concept's zeros, a saturated value (an interior tie is often one
+    # image's constant, such as its floor's normal, whose own bin would be empty in the other image fold)
+    k = np.flatnonzero(atom)
+    atom_edges = np.concatenate([mid[k[k > 0] - 1], mid[k[k < len(mid)]]])
+    lo_hi = [(mid[i - 1] if i > 0 else -np.inf, mid[i] if i < len(mid) else np.inf) for i in k]
+    rest = np.repeat(u[~atom], cnt[~atom])
+    free = budget - len(k)
+    if len(rest) < 2 * min_count or free < 2:
+        return np.unique(atom_edges)
+    levels = _levels(rest, free, min_count, float(((x - x.mean()) ** 2).sum()))
+    q = np.quantile(rest, levels)
+    q = q[[not any(a <= e <= b for a, b in lo_hi) for e in q]]  # an atom's bin holds that value alone
+    return np.unique(np.concatenate([atom_edges, q]))
+
+
+def _levels(rest: np.ndarray, free: int, min_count: int, total_ss: float) -> np.ndarray:
+    """Quantile levels: uniform, then geometric splits of an extreme bin that holds more than ``TAIL_SHARE`` of the
+    concept's variance (its sum of squares about its own mean), within ``free`` bins in all."""
+    xs = np.sort(rest)
+    n = len(xs)
+    c1, c2 = np.concatenate([[0], np.cumsum(xs)]), np.concatenate([[0], np.cumsum(xs * xs)])
+
+    def ss(lo, hi):  # sum of squares of xs[lo:hi] about their mean
+        k = max(hi - lo, 1)
+        return (c2[hi] - c2[lo]) - (c1[hi] - c1[lo]) ** 2 / k
+
+    m = free
+    for _ in range(2):  # once with every bin uniform, once with room made for the tails found
+        tails = []
+        for side in (1, -1):
+            p = 1.0 / m
+            for _t in range(MAX_TAIL):
+                k = int(round(p * n))
+                inside = ss(n - k, n) if side > 0 else ss(0, k)
+                if k / 2 < min_count or inside <= TAIL_SHARE * total_ss:
+                    break
+                p /= 2
+                tails.append(1 - p if side > 0 else p)
+        if not tails or m == free - len(tails) or free - len(tails) < 4:
+            break
+        m = max(free - len(tails), 4)
+    return np.unique(np.concatenate([np.arange(1, m) / m, tails]))
 
 
 @dataclass
@@ -31,18 +102,22 @@ class Variable:
     def n_bins(self) -> int:
         if self.kind == "categorical":
             return len(self.classes)
-        return len(self.edges) + 1
+        return len(self.edges) + 1 + (self.kind == "circular")
 
     @property
     def n_coarse(self) -> int:
         if self.kind == "categorical":
             return len(self.classes)
-        return len(self.coarse_edges) + 1
+        return len(self.coarse_edges) + 1 + (self.kind == "circular")
 
     def bins(self, gt: np.ndarray, coarse: bool = False) -> np.ndarray:
         if self.kind == "categorical":
             return gt[:, self.cols].argmax(1)
-        return np.searchsorted(self.coarse_edges if coarse else self.edges, gt[:, self.cols[0]], side="right")
+        edges = self.coarse_edges if coarse else self.edges
+        if self.kind == "circular":
+            r, ang = _polar(gt[:, self.cols])
+            return np.where(r < MIN_RESULTANT, 0, 1 + np.searchsorted(edges, ang, side="right"))
+        return np.searchsorted(edges, gt[:, self.cols[0]], side="right")
 
     def targets(self, present: np.ndarray | None = None) -> list[tuple[str, callable]]:
         """Detection targets: (name, gt -> bool labels)."""
@@ -72,12 +147,28 @@ def build_variables(concepts: list[dict], columns: list[str], sample_gt: np.ndar
         if c["kind"] == "categorical":
             v.cols = cols[:-1]  # the last column is the purity
             v.classes = [col.split("=", 1)[1] for col in c["columns"][:-1]]
-        elif c["kind"] == "binary":
-            v.edges, v.coarse_edges = BINARY_EDGES, BINARY_COARSE
         else:
-            x = sample_gt[:, cols[0]]
-            x = x[np.isfinite(x)]
-            v.edges = np.unique(np.quantile(x, np.linspace(0, 1, FINE + 1)[1:-1])) if len(x) else np.array([])
-            v.coarse_edges = np.unique(np.quantile(x, np.linspace(0, 1, COARSE + 1)[1:-1])) if len(x) else np.array([])
+            if c["kind"] == "circular":
+                r, x = _polar(sample_gt[:, cols])
+                x = x[r >= MIN_RESULTANT]
+                v.edges, v.coarse_edges = circular_edges(x, FINE), circular_edges(x, COARSE)
+            else:
+                x = sample_gt[:, cols[0]]
+                v.edges, v.coarse_edges = bin_edges(x, FINE), bin_edges(x, COARSE)
         out.append(v)
     return out
+
+
+def circular_edges(angle: np.ndarray, budget: int) -> np.ndarray:
+    """Edges of about ``budget`` bins of angles in (-pi, pi]: equal sectors (two thirds of the budget: a colour
+    wheel, so that a narrow hue range no scene dwells on still has its own bins) and quantile bins of the angles
+    (the rest), merged."""
+    sectors = max(budget * 2 // 3, 2)
+    wheel = -np.pi + 2 * np.pi * np.arange(1, sectors) / sectors
+    return np.unique(np.concatenate([wheel, bin_edges(angle, budget - sectors)]))
+
+
+def _polar(cs: np.ndarray):
+    """Length and angle in (-pi, pi] of (cos, sin) rows."""
+    cs = np.asarray(cs, np.float64)
+    return np.hypot(cs[:, 0], cs[:, 1]), np.arctan2(cs[:, 1], cs[:, 0])
