@@ -5,7 +5,12 @@
 - detection: AUROC and best-threshold F1 against binary concepts and categorical classes;
 - pairs (a second pass): eta^2 with joint coarse bins, among candidates per feature: its top singles by eta^2 and
   its top variables by |correlation| (a factor of a product can have a low eta^2 of its own but still correlate);
-  the pairs are the best single with every other candidate, plus the pairs among the top three singles.
+  the pairs are the best single with every other candidate, plus the pairs among the top three singles; a pair is
+  always of two distinct concepts (a concept "paired" with itself is its single score on coarser bins).
+
+Every score here bins the concepts as :mod:`frobnolab.analysis.variables` does: atoms (ties, such as the zeros of a
+sparse concept) get bins of their own and heavy tails are split geometrically, so a rare highlight or a thin edge
+is not averaged into the bulk; the cost stays one bincount per variable per chunk, linear in tokens.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class NamedMatch:
         if slots:
             pv = np.stack(slots, 1)  # (F, S, 2)
             pr2 = self._pairs(pv, rechunk, progress)
+            pr2[pv[..., 0] == pv[..., 1]] = -np.inf  # a pair is two distinct concepts, never one with itself
             best_slot = pr2.argmax(1)
             pair_r2 = pr2[np.arange(F), best_slot]
             pair_best = pv[np.arange(F), best_slot]
