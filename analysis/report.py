@@ -68,8 +68,7 @@ def concept_map(ds, image: int, concept: str) -> np.ndarray:
     con = C.REGISTRY.get(concept.split("+")[0])
     if con is None or con.pixel is None:
         return np.zeros(ds.size)
-    bufs = {k: np.asarray(ds[k][image:image + 1]) for k in ds.buffers}
-    return np.asarray(con.pixel(bufs))[0].astype(np.float32)
+    return np.asarray(con.pixel(C.pixel_inputs(ds, [image], [con])))[0].astype(np.float32)
 
 
 def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path: Path, maps=None) -> Path:
