@@ -30,6 +30,7 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     if n == 0 or not scene.lights:
         return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
     shininess = np.array([o.material.shininess for o in scene.objects])[inst_N - 1]
+    lobe_scale = (shininess + 8) / (8 * np.pi)  # the lobe's normalisation, the same for every light
     for light in scene.lights:
         to_light, dist, power = light.incident(pos_N3)
         ndl = np.einsum("ij,ij->i", normal_N3, to_light)
@@ -37,17 +38,19 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         visible = lit.copy()
         idx = np.flatnonzero(lit)
         if len(idx):
-            origins = pos_N3[idx] + SHADOW_OFFSET * normal_N3[idx]
-            hit_d, hit_inst = scene.intersect(origins, to_light[idx], leaving_N=inst_N[idx])
+            # Rows gathered with take: the same values as pos_N3[idx], much faster over a last axis of 3.
+            origins = pos_N3.take(idx, axis=0) + SHADOW_OFFSET * normal_N3.take(idx, axis=0)
+            inst_idx = inst_N[idx]
+            hit_d, hit_inst = scene.intersect(origins, to_light.take(idx, axis=0), leaving_N=inst_idx)
             blocked = hit_d < dist[idx]
             visible[idx[blocked]] = False
-            cast[idx[blocked & (hit_inst != inst_N[idx])]] = True
+            cast[idx[blocked & (hit_inst != inst_idx)]] = True
         w = np.where(visible, power * np.maximum(ndl, 0.0), 0.0)
         diffuse_3N += np.multiply.outer(light.color, w)
         half = to_light + view_N3
         half /= np.maximum(row_norms(half), 1e-12)[:, None]
         ndh = np.clip(np.einsum("ij,ij->i", normal_N3, half), 0.0, 1.0)
-        lobe = (shininess + 8) / (8 * np.pi) * ndh**shininess
+        lobe = lobe_scale * ndh**shininess
         specular_3N += np.multiply.outer(light.color, w * lobe)
     return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
 
