@@ -22,6 +22,7 @@ from frobnolab.errors import unknown
 SHAPE_CLASSES = ("background", "floor", "sphere", "box", "cylinder", "cone", "torus", "capsule", "mesh")
 ANALYTIC_SHAPES = ("sphere", "box", "cylinder", "cone", "torus", "capsule")
 MAX_CURVATURE = 20.0  # local units
+_STACK_MAX = 2048  # points up to which Primitive._stencil evaluates the SDF as one (7, N) batch
 
 _Z_TO_Y = trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])  # trimesh builds along +z; we want +y
 
@@ -172,17 +173,76 @@ class Primitive:
     def normal_and_curvature(self, p_N3: np.ndarray, h: float = 1e-4):
         """:meth:`normal` and :meth:`mean_curvature` from one 7-point stencil (what rendering needs)."""
         p = np.asarray(p_N3, dtype=np.float64)
-        xyz = p[:, 0], p[:, 1], p[:, 2]
-        centre = self._sdf_xyz(*xyz)
-        g, lap = np.empty_like(p), -6.0 * centre
-        for k in range(3):
-            # Offset only coordinate k (what ``sdf(p +- h e_k)`` does, without building two (N, 3) arrays).
-            hi = self._sdf_xyz(*(c + h if j == k else c for j, c in enumerate(xyz)))
-            lo = self._sdf_xyz(*(c - h if j == k else c for j, c in enumerate(xyz)))
-            g[:, k] = hi - lo
+        centre, offsets = self._stencil(p, h)
+        g, lap = [], -6.0 * centre
+        for hi, lo in offsets:
+            g.append(hi - lo)
             lap += hi + lo
-        n = row_norms(g)[:, None]
-        return g / np.where(n > 0, n, 1.0), np.clip(0.5 * lap / h**2, -MAX_CURVATURE, MAX_CURVATURE)
+        # The gradient's columns normalised one by one: the same floats as row_norms and one (N, 3) division.
+        n = np.sqrt(g[0] * g[0] + g[1] * g[1] + g[2] * g[2])
+        n = np.where(n > 0, n, 1.0)
+        normal = np.empty_like(p)
+        for k in range(3):
+            np.divide(g[k], n, out=normal[:, k])
+        return normal, np.clip(0.5 * lap / h**2, -MAX_CURVATURE, MAX_CURVATURE)
+
+    def _stencil(self, p, h):
+        """The SDF at p ``(N,)`` and an iterator over k = 0, 1, 2 of its values at p + h e_k and p - h e_k (the
+        offset coordinate ``c +- h``, the others as they are).
+
+        Every SDF is elementwise arithmetic, so each value is the same float however the points are batched: few
+        points go through the SDF as one (7, N) batch (numpy's per-call cost dominates there); many are evaluated
+        offset by offset, as they are needed (a (7, N) batch of temporaries would leave the cache), and boxes
+        reuse the terms of the coordinates an offset leaves unchanged."""
+        n = len(p)
+        if n <= _STACK_MAX:
+            cols = []
+            for k in range(3):
+                c = np.empty((7, n))
+                c[:] = p[:, k]
+                c[1 + 2 * k] += h
+                c[2 + 2 * k] -= h
+                cols.append(c)
+            d = self._sdf_xyz(*cols)
+            return d[0], ((d[1 + 2 * k], d[2 + 2 * k]) for k in range(3))
+        xyz = p[:, 0], p[:, 1], p[:, 2]
+        if self.shape in ("box", "floor"):
+            return self._box_stencil(xyz, h)
+
+        def offsets():
+            for k in range(3):
+                # Offset only coordinate k (what ``sdf(p +- h e_k)`` does, without building two (N, 3) arrays).
+                yield (self._sdf_xyz(*(c + h if j == k else c for j, c in enumerate(xyz))),
+                       self._sdf_xyz(*(c - h if j == k else c for j, c in enumerate(xyz))))
+
+        return self._sdf_xyz(*xyz), offsets()
+
+    def _box_stencil(self, xyz, h):
+        """:meth:`_stencil` of a box (or the floor), reusing the terms of the coordinates an offset leaves unchanged:
+        each coordinate's ``q = |c| - half`` and squared outside part, combined as :meth:`_sdf_xyz` does (same order).
+        """
+        half = (1.0, self.aspect, 1.0) if self.shape == "box" else (self.extent, self.thickness, self.extent)
+
+        def terms(c, k):  # (q, max(q, 0)^2) of coordinate k at values c
+            q = np.abs(c) - half[k]
+            o = np.maximum(q, 0.0)
+            return q, o * o
+
+        def sdf(sxy, mxy, qz, sz):
+            return np.sqrt(sxy + sz) + np.minimum(np.maximum(mxy, qz), 0.0)
+
+        (qx, sx), (qy, sy), (qz, sz) = (terms(c, k) for k, c in enumerate(xyz))
+        sxy, mxy = sx + sy, np.maximum(qx, qy)  # shared by the centre and the z offsets
+
+        def at(k, c):
+            q, s = terms(c, k)
+            if k == 0:
+                return sdf(s + sy, np.maximum(q, qy), qz, sz)
+            if k == 1:
+                return sdf(sx + s, np.maximum(qx, q), qz, sz)
+            return sdf(sxy, mxy, q, s)
+
+        return sdf(sxy, mxy, qz, sz), ((at(k, c + h), at(k, c - h)) for k, c in enumerate(xyz))
 
     def mean_curvature(self, p_N3: np.ndarray, h: float = 1e-3) -> np.ndarray:
         """Mean curvature (local units) at surface points: half the SDF's Laplacian, ``(N,)``.
