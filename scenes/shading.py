@@ -7,12 +7,15 @@ pixel and light, cast with embree against the same triangles pyrender rasterised
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .primitives import row_norms
 from .scene import Scene
 
 SHADOW_OFFSET = 2e-3  # world units along the normal, so a shadow ray does not hit its own facet
+FLOOR_CLEARANCE = 1e-4  # world units above the floor's top from which an upward ray provably misses the floor
 
 
 def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
@@ -41,8 +44,7 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         if len(idx):
             # Rows gathered with take: the same values as origins_N3[idx], much faster over a last axis of 3.
             inst_idx = inst_N[idx]
-            hit_d, hit_inst = scene.intersect(origins_N3.take(idx, axis=0), to_light.take(idx, axis=0),
-                                              leaving_N=inst_idx)
+            hit_d, hit_inst = _shadow_hits(scene, origins_N3.take(idx, axis=0), to_light.take(idx, axis=0), inst_idx)
             blocked = hit_d < dist[idx]
             visible[idx[blocked]] = False
             cast[idx[blocked & (hit_inst != inst_idx)]] = True
@@ -55,3 +57,38 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         specular_3N += np.multiply.outer(light.color, w * lobe)
     return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
 
+
+
+def _shadow_hits(scene: Scene, origins_N3, dirs_N3, leaving_N):
+    """``scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)``, with the floor left out of the casts of the
+    rays that cannot reach it.
+
+    The floor's bounding sphere holds the whole scene, so the intersection's culling keeps every ray for it and each
+    shadow ray from an object would be cast against its triangles. A ray that starts above the top of an unrotated
+    floor slab (by FLOOR_CLEARANCE, hundreds of float32 steps in the slab's frame) and heads upwards stays above
+    every one of its triangles, so its cast there is a miss (inf, which changes no ray's nearest hit); rays leaving
+    the floor itself are not cast against it anyway. Those rays are cast against the other objects only (ids mapped
+    back), the rest against the whole scene: each ray's result is exactly the one of the single call."""
+    ks = [k for k, o in enumerate(scene.objects) if o.shape_name == "floor" and np.array_equal(o.rotation, np.eye(3))]
+    if not ks:
+        return scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)
+    kf = ks[0]
+    floor = scene.objects[kf]
+    top = floor.translation[1] + floor.scale * floor.shape.half_height
+    away = (leaving_N == kf + 1) | ((origins_N3[:, 1] > top + FLOOR_CLEARANCE) & (dirs_N3[:, 1] > 0))
+    far = np.flatnonzero(away)
+    if not len(far):
+        return scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)
+    others = replace(scene, objects=scene.objects[:kf] + scene.objects[kf + 1:], _cache={})
+    leave = leaving_N if len(far) == len(leaving_N) else leaving_N[far]
+    leave = np.where(leave > kf + 1, leave - 1, np.where(leave == kf + 1, 0, leave))  # ids in `others`
+    if len(far) == len(leaving_N):
+        hit_d, hit_inst = others.intersect(origins_N3, dirs_N3, leaving_N=leave)
+        return hit_d, np.where(hit_inst > kf, hit_inst + 1, hit_inst)
+    near = np.flatnonzero(~away)
+    hit_d, hit_inst = np.empty(len(leaving_N)), np.empty(len(leaving_N), np.int64)
+    hit_d[near], hit_inst[near] = scene.intersect(origins_N3.take(near, axis=0), dirs_N3.take(near, axis=0),
+                                                  leaving_N=leaving_N[near])
+    d_far, i_far = others.intersect(origins_N3.take(far, axis=0), dirs_N3.take(far, axis=0), leaving_N=leave)
+    hit_d[far], hit_inst[far] = d_far, np.where(i_far > kf, i_far + 1, i_far)
+    return hit_d, hit_inst
