@@ -9,6 +9,7 @@ frames of the full pipeline (flat after warm-up if pyrender's shader cache hits)
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -46,15 +47,17 @@ def main():
     ap.add_argument("--frames", type=int, default=1000)
     args = ap.parse_args()
     fam = load_family(args.family)
-    res = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "family": args.family}
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "family": args.family}
     for size in (64, 128):
         scenes = [fam.sample(i, seed=0, size=size) for i in range(args.scenes)]
+        load_before = os.getloadavg()[0]
         with Renderer(size) as r:
             bare, full = throughputs(scenes, [r.render_rgb, r.render])
+        load = (round(load_before, 2), round(os.getloadavg()[0], 2))  # other work on the machine skews the rates
         res[f"{size}"] = {"bare_pyrender_img_s": round(bare, 1), "full_gt_img_s": round(full, 1),
-                          "ratio": round(full / bare, 3)}
+                          "ratio": round(full / bare, 3), "load_avg_1min_before_after": load}
         print(f"{size}x{size}: bare pyrender {bare:.1f} img/s, full ground truth {full:.1f} img/s, "
-              f"ratio {full / bare:.2f}")
+              f"ratio {full / bare:.2f} (1-min load average {load[0]} before, {load[1]} after)")
     scenes = [fam.sample(i, seed=1, size=64) for i in range(50)]
     trace = []
     with Renderer(64) as r:

@@ -58,7 +58,6 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
 
 
-
 def _shadow_hits(scene: Scene, origins_N3, dirs_N3, leaving_N):
     """``scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)``, with the floor left out of the casts of the
     rays that cannot reach it.
