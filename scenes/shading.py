@@ -7,6 +7,7 @@ pixel and light, cast with embree against the same triangles pyrender rasterised
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -44,7 +45,8 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         if len(idx):
             # Rows gathered with take: the same values as origins_N3[idx], much faster over a last axis of 3.
             inst_idx = inst_N[idx]
-            hit_d, hit_inst = _shadow_hits(scene, origins_N3.take(idx, axis=0), to_light.take(idx, axis=0), inst_idx)
+            hit_d, hit_inst = _shadow_hits(scene, light, origins_N3.take(idx, axis=0), to_light.take(idx, axis=0),
+                                           inst_idx)
             blocked = hit_d < dist[idx]
             visible[idx[blocked]] = False
             cast[idx[blocked & (hit_inst != inst_idx)]] = True
@@ -58,36 +60,95 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
 
 
-def _shadow_hits(scene: Scene, origins_N3, dirs_N3, leaving_N):
-    """``scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)``, with the floor left out of the casts of the
-    rays that cannot reach it.
+def _shadow_hits(scene: Scene, light, origins_N3, dirs_N3, leaving_N):
+    """Each shadow ray's nearest hit closer than ``light``: distance ``(N,)`` and instance id ``(N,)``, those of
+    ``scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)`` for every ray whose hit there is closer than the
+    light (a point light: than the ray's point's distance to it), inf and 0 for every other ray.
 
-    The floor's bounding sphere holds the whole scene, so the intersection's culling keeps every ray for it and each
-    shadow ray from an object would be cast against its triangles. A ray that starts above the top of an unrotated
-    floor slab (by FLOOR_CLEARANCE, hundreds of float32 steps in the slab's frame) and heads upwards stays above
-    every one of its triangles, so its cast there is a miss (inf, which changes no ray's nearest hit); rays leaving
-    the floor itself are not cast against it anyway. Those rays are cast against the other objects only (ids mapped
-    back), the rest against the whole scene: each ray's result is exactly the one of the single call."""
+    Two exact shortcuts, since the intersection's bounding-sphere culling costs more than its casts here:
+    - The floor's bounding sphere holds the whole scene, so the culling keeps every ray for it and each shadow ray
+      from an object would be cast at its triangles. A ray that starts above the top of an unrotated floor slab (by
+      FLOOR_CLEARANCE, hundreds of float32 steps in the slab's frame) and heads upwards stays above all of them (a
+      miss, inf, which changes no ray's nearest hit); rays leaving the floor are not cast at it anyway. Those rays
+      are cast against the other objects only (ids mapped back), the rest against the whole scene.
+    - Of the rays cast against the other objects, those that pass no object's bounding sphere (grown by margins
+      that dwarf the rounding) before the light reach nothing that could block it (:func:`_may_block`) and are not
+      cast at all; each remaining ray's hit is its own, whatever batch it is cast in.
+    """
+    n, n_obj = len(leaving_N), len(scene.objects)
+    hit_d, hit_inst = np.full(n, np.inf), np.zeros(n, np.int64)
     ks = [k for k, o in enumerate(scene.objects) if o.shape_name == "floor" and np.array_equal(o.rotation, np.eye(3))]
-    if not ks:
-        return scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)
-    kf = ks[0]
-    floor = scene.objects[kf]
-    top = floor.translation[1] + floor.scale * floor.shape.half_height
-    away = (leaving_N == kf + 1) | ((origins_N3[:, 1] > top + FLOOR_CLEARANCE) & (dirs_N3[:, 1] > 0))
-    far = np.flatnonzero(away)
-    if not len(far):
-        return scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)
-    others = replace(scene, objects=scene.objects[:kf] + scene.objects[kf + 1:], _cache={})
-    leave = leaving_N if len(far) == len(leaving_N) else leaving_N[far]
-    leave = np.where(leave > kf + 1, leave - 1, np.where(leave == kf + 1, 0, leave))  # ids in `others`
-    if len(far) == len(leaving_N):
-        hit_d, hit_inst = others.intersect(origins_N3, dirs_N3, leaving_N=leave)
-        return hit_d, np.where(hit_inst > kf, hit_inst + 1, hit_inst)
-    near = np.flatnonzero(~away)
-    hit_d, hit_inst = np.empty(len(leaving_N)), np.empty(len(leaving_N), np.int64)
-    hit_d[near], hit_inst[near] = scene.intersect(origins_N3.take(near, axis=0), dirs_N3.take(near, axis=0),
-                                                  leaving_N=leaving_N[near])
-    d_far, i_far = others.intersect(origins_N3.take(far, axis=0), dirs_N3.take(far, axis=0), leaving_N=leave)
-    hit_d[far], hit_inst[far] = d_far, np.where(i_far > kf, i_far + 1, i_far)
+    if ks:
+        kf = ks[0]
+        floor = scene.objects[kf]
+        top = floor.translation[1] + floor.scale * floor.shape.half_height
+        away = (leaving_N == kf + 1) | ((origins_N3[:, 1] > top + FLOOR_CLEARANCE) & (dirs_N3[:, 1] > 0))
+        others = replace(scene, objects=scene.objects[:kf] + scene.objects[kf + 1:], _cache={})
+        back = np.array([0] + [k + 1 for k in range(n_obj) if k != kf])  # id in `others` -> id in `scene`
+        fwd = np.zeros(n_obj + 1, np.int64)  # id in `scene` -> id in `others` (the floor: none)
+        fwd[back[1:]] = np.arange(1, n_obj)
+        near = np.flatnonzero(~away)
+        if len(near):
+            hit_d[near], hit_inst[near] = scene.intersect(origins_N3.take(near, axis=0), dirs_N3.take(near, axis=0),
+                                                          leaving_N=leaving_N[near])
+        far = np.flatnonzero(away) if len(near) else None
+    else:
+        others, back, fwd, far = scene, np.arange(n_obj + 1), np.arange(n_obj + 1), None
+    o, d = (origins_N3, dirs_N3) if far is None else (origins_N3.take(far, axis=0), dirs_N3.take(far, axis=0))
+    leave = fwd[leaving_N if far is None else leaving_N[far]]
+    kept = np.flatnonzero(_may_block(others.objects, light, o, d, leave))
+    if len(kept):
+        d_k, i_k = others.intersect(o.take(kept, axis=0), d.take(kept, axis=0), leaving_N=leave[kept])
+        rows = kept if far is None else far[kept]
+        hit_d[rows], hit_inst[rows] = d_k, back[i_k]
     return hit_d, hit_inst
+
+
+RAY_MARGIN = 1e-5  # relative and absolute growth of the bounding spheres in _may_block (world units)
+
+
+def _may_block(objects, light, o_N3, d_N3, leaving_N):
+    """A superset of the rays that may hit one of ``objects`` before ``light``, ``(N,)`` bool.
+
+    Rays ``o + t d`` from the points' shadow origins towards the light, ``d`` the points' direction to it. Each
+    object lies within its bounding sphere (centre, ``scale * shape_radius``: every mesh vertex, with a 1e-6 margin
+    already), grown here by RAY_MARGIN. A directional light's rays are parallel: one misses a sphere when its line
+    passes farther than the radius from the centre (distances in the plane across the rays). A point or spot
+    light's ray from o = p + SHADOW_OFFSET n runs alongside the segment from p to the light, within SHADOW_OFFSET
+    of it, so it can meet a sphere before the light only if that segment meets the sphere grown by SHADOW_OFFSET,
+    that is only if seen from the light the point lies within the sphere's angular radius (every object whose
+    grown sphere holds the light keeps all rays). A ray that leaves a convex object is not cast at it."""
+    n = len(o_N3)
+    if not objects or not n:
+        return np.zeros(n, bool)
+    c_K3 = np.array([ob.translation for ob in objects], np.float64)
+    r_K = np.array([ob.scale * ob.shape_radius for ob in objects]) * (1 + RAY_MARGIN) + RAY_MARGIN
+    if light.kind == "directional":
+        ux, uy, uz = (float(v) for v in d_N3[0])
+        un = math.sqrt(ux * ux + uy * uy + uz * uz)
+        ux, uy, uz = ux / un, uy / un, uz / un
+        # Two unit vectors across the rays (python floats: numpy's cross and stack cost more than the arithmetic).
+        ax, ay, az = (0.0, -uz, uy) if abs(ux) < 0.9 else (uz, 0.0, -ux)  # u x (1, 0, 0), or u x (0, 1, 0)
+        an = math.sqrt(ax * ax + ay * ay + az * az)
+        ax, ay, az = ax / an, ay / an, az / an
+        bx, by, bz = uy * az - uz * ay, uz * ax - ux * az, ux * ay - uy * ax
+        E = np.array([[ax, bx], [ay, by], [az, bz]])  # (3, 2), orthonormal
+        p_N2, c_K2 = o_N3 @ E, c_K3 @ E
+        p2 = p_N2[:, 0] * p_N2[:, 0] + p_N2[:, 1] * p_N2[:, 1]
+        c2 = c_K2[:, 0] * c_K2[:, 0] + c_K2[:, 1] * c_K2[:, 1]
+        # Squared distances across the rays, |c|^2 - 2 c.p + |p|^2 (one matrix product for all objects).
+        keep_KN = c2[:, None] - 2.0 * (c_K2 @ p_N2.T) + p2 <= (r_K * r_K)[:, None]
+    else:
+        cl_K3 = c_K3 - light.position
+        dist_K = np.sqrt(np.einsum("ij,ij->i", cl_K3, cl_K3))
+        reach_K = r_K + SHADOW_OFFSET * (1 + RAY_MARGIN)
+        holds = dist_K <= reach_K
+        sin_K = np.where(holds, 1.0, reach_K / np.where(holds, 1.0, dist_K))
+        cos_K = np.sqrt(np.maximum(1.0 - sin_K * sin_K, 0.0))
+        # -d points from the light to the point: within the angular radius when -d . c_hat >= cos.
+        keep_KN = (cl_K3 / np.maximum(dist_K, 1e-300)[:, None]) @ d_N3.T <= -(cos_K - RAY_MARGIN)[:, None]
+        keep_KN[holds] = True
+    for k, ob in enumerate(objects):
+        if ob.shape.convex:
+            keep_KN[k] &= leaving_N != k + 1
+    return np.logical_or.reduce(keep_KN, axis=0)

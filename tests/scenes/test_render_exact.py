@@ -49,28 +49,47 @@ def test_row_records_move_the_same_bytes_as_fancy_indexing():
         as_rows(a[:, :, :2])
 
 
-def test_shadow_rays_skipping_the_floor_hit_what_the_whole_scene_hits():
-    # Rays from the floor, from objects, from just above and below the floor's top, upwards and downwards: the
-    # floor is left out only where it cannot be hit, and every ray's distance and id are those of one intersect.
+def _random_shadow_rays(scene, light, rng, n=6000):
+    """Shadow rays as shade casts them: from p + SHADOW_OFFSET n towards the light, p on or above the floor (some
+    just above or below its top), with each ray's distance to the light (inf for a directional one)."""
+    p = rng.uniform(-3, 3, (n, 3))
+    p[:, 1] = rng.choice([0.0, 1e-4, 2e-4, 0.3, 1.0], n) + rng.normal(size=n) * 1e-4
+    nrm = rng.normal(size=(n, 3))
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    to_light, dist, _ = light.incident(p)
+    return p + SHADOW_OFFSET * nrm, to_light, dist, rng.integers(0, len(scene.objects) + 1, n)
+
+
+def test_shadow_shortcuts_block_exactly_the_rays_the_whole_scene_blocks():
+    # The floor left out where it cannot be hit, rays that pass no bounding sphere before the light not cast: the
+    # rays blocked before the light, and their distances and ids, are those of one intersect with the whole scene.
     rng = np.random.default_rng(0)
     fam = load_family("clutter")
     for i in range(6):
         scene = fam.sample(i, seed=4, size=32)
-        n = 6000
-        o = rng.uniform(-3, 3, (n, 3))
-        o[:, 1] = rng.choice([0.0, SHADOW_OFFSET, 1e-4, 2e-4, 0.3, 1.0], n) + rng.normal(size=n) * 1e-4
-        d = rng.normal(size=(n, 3))
-        d[: n // 2, 1] = np.abs(d[: n // 2, 1])
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        leaving = rng.integers(0, len(scene.objects) + 1, n)
-        want = scene.intersect(o, d, leaving_N=leaving)
-        got = _shadow_hits(scene, o, d, leaving)
-        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-        up = slice(0, n // 2)  # all of them may skip the floor: one call against the other objects
-        o[up, 1] = np.abs(o[up, 1]) + 1e-3
-        got = _shadow_hits(scene, o[up], d[up], leaving[up])
-        want = scene.intersect(o[up], d[up], leaving_N=leaving[up])
-        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        for light in scene.lights:
+            o, d, dist, leaving = _random_shadow_rays(scene, light, rng)
+            want_d, want_i = scene.intersect(o, d, leaving_N=leaving)
+            got_d, got_i = _shadow_hits(scene, light, o, d, leaving)
+            blocked = want_d < dist
+            assert np.array_equal(got_d < dist, blocked)
+            assert np.array_equal(got_d[blocked], want_d[blocked]) and np.array_equal(got_i[blocked], want_i[blocked])
+            assert blocked.any() and not blocked.all()
+
+
+def test_shading_with_the_shortcuts_gives_the_plain_casts_bytes(monkeypatch):
+    # Every buffer of real renders, with the shadow shortcuts and with every lit point's ray cast at the whole scene.
+    import frobnolab.scenes.shading as shading
+
+    scenes = [(f, load_family(f).sample(i, seed=6, size=40)) for f in ("clutter", "shapes", "single") for i in range(3)]
+    with Renderer(40) as r:
+        fast = [r.render(s) for _, s in scenes]
+        monkeypatch.setattr(shading, "_shadow_hits", lambda scene, light, o, d, leaving: scene.intersect(
+            o, d, leaving_N=leaving))
+        plain = [r.render(s) for _, s in scenes]
+    for a, b in zip(fast, plain):
+        assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert any(a["shadow"].any() for a in fast)
 
 
 def test_rasterise_with_set_pose_matches_nodes_added_with_their_pose():
