@@ -64,8 +64,8 @@ class ScoreConfig:
     """Random-direction null features."""
     ridge_dim: int = 384
     """Random Fourier features of the scene-explained kernel regression."""
-    scene_steps: int = 1500
-    """Training steps of the scene-explained MLP (per fold)."""
+    scene_steps: int = 1000
+    """Training steps of the per-feature scene MLPs (per fold)."""
     scene_tokens: int = 30_000
     """Tokens per fold the MLP trains on (and the bootstrap resamples)."""
     pair_candidates: int = 6

@@ -189,3 +189,28 @@ def test_stability_of_an_sae_with_itself_is_one_and_with_another_seed_is_lower(t
     other = score_sae(tiny_run / "store", tiny_run / "sae", tmp_path / "b", cfg, other_sae=tmp_path / "sae1",
                       progress=False, log=lambda *_: None)
     assert 0 < other["dictionary"]["stability"] < 1
+
+
+def test_scene_r2_of_a_feature_does_not_depend_on_the_features_beside_it():
+    """Per-feature scene MLPs: a three-way product of scene columns is learned, noise is not, and a feature's
+    cross-validated R^2 is the same whether it is fitted alone or beside others."""
+    import scipy.sparse as sp
+
+    from frobnolab.analysis.scoring.scene import FoldSample, scene_r2_mlp
+
+    rng = np.random.default_rng(0)
+    n = 8000
+    g = rng.normal(size=(n, 12)).astype(np.float32)
+    s = np.tanh(2 * g[:, :3])
+    product = 1 + s[:, 0] * s[:, 1] * s[:, 2]
+    f = np.stack([product, np.maximum(g[:, 5], 0), rng.exponential(size=n)], 1)
+    fold = rng.integers(2, size=n)
+
+    def r2_of(cols):
+        smp = FoldSample(n)
+        smp.add(sp.csr_matrix(f[:, cols]), g, fold, np.arange(n))
+        return scene_r2_mlp(smp, steps=400, seed=0)[0]
+
+    both, alone = r2_of([0, 1, 2]), r2_of([0])
+    assert both[0] > 0.5 and both[1] > 0.9 and both[2] < 0.05, both  # noise: no better than its mean
+    assert abs(both[0] - alone[0]) < 1e-4, (both[0], alone[0])
