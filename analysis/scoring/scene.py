@@ -157,7 +157,8 @@ def scene_r2_mlp(sample: FoldSample, steps: int = 1000, hidden: int = 32, seed: 
     for a, b in ((0, 1), (1, 0)):
         ga, fa, _ = sample.arrays(a)
         gb, fb, _ = sample.arrays(b)
-        predictors[b] = _fit(ga, fa, steps, hidden, seed, device, fit)
+        fires = fa.getnnz(0) > 0  # a feature silent on the fold has nothing to fit (dead ones: most of a wide SAE)
+        predictors[b] = _fit(ga, fa, steps, hidden, seed, device, fires if fit is None else fires & fit)
         pred = predictors[b](gb)
         predictors[b].held_out = pred  # its predictions of fold b's sample, kept for the bootstrap
         out.append(r2(fb.toarray(), pred))
