@@ -36,20 +36,22 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     shininess = np.array([o.material.shininess for o in scene.objects])[inst_N - 1]
     lobe_scale = (shininess + 8) / (8 * np.pi)  # the lobe's normalisation, the same for every light
     origins_N3 = pos_N3 + SHADOW_OFFSET * normal_N3  # every point's shadow-ray origin, once for all lights
+    per_light, rays = [], []
     for light in scene.lights:
         to_light, dist, power = light.incident(pos_N3)
         ndl = np.einsum("ij,ij->i", normal_N3, to_light)
-        lit = (ndl > 0) & (power > 0)
-        visible = lit.copy()
-        idx = np.flatnonzero(lit)
-        if len(idx):
-            # Rows gathered with take: the same values as origins_N3[idx], much faster over a last axis of 3.
-            inst_idx = inst_N[idx]
-            hit_d, hit_inst = _shadow_hits(scene, light, origins_N3.take(idx, axis=0), to_light.take(idx, axis=0),
-                                           inst_idx)
-            blocked = hit_d < dist[idx]
-            visible[idx[blocked]] = False
-            cast[idx[blocked & (hit_inst != inst_idx)]] = True
+        idx = np.flatnonzero((ndl > 0) & (power > 0))
+        per_light.append((to_light, dist, power, ndl, idx))
+        # Rows gathered with take: the same values as origins_N3[idx], much faster over a last axis of 3.
+        rays.append((light, origins_N3.take(idx, axis=0), to_light.take(idx, axis=0), inst_N[idx]))
+    hits = _shadow_hits(scene, rays)  # every light's rays in one batch
+    for light, (to_light, dist, power, ndl, idx), (hit_d, hit_inst), (_, _, _, inst_idx) in zip(
+            scene.lights, per_light, hits, rays):
+        visible = np.zeros(n, bool)
+        visible[idx] = True
+        blocked = hit_d < dist[idx]
+        visible[idx[blocked]] = False
+        cast[idx[blocked & (hit_inst != inst_idx)]] = True
         w = np.where(visible, power * np.maximum(ndl, 0.0), 0.0)
         diffuse_3N += np.multiply.outer(light.color, w)
         half = to_light + view_N3
@@ -60,12 +62,14 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
     return np.ascontiguousarray(diffuse_3N.T), np.ascontiguousarray(specular_3N.T), cast
 
 
-def _shadow_hits(scene: Scene, light, origins_N3, dirs_N3, leaving_N):
-    """Each shadow ray's nearest hit closer than ``light``: distance ``(N,)`` and instance id ``(N,)``, those of
-    ``scene.intersect(origins_N3, dirs_N3, leaving_N=leaving_N)`` for every ray whose hit there is closer than the
+def _shadow_hits(scene: Scene, rays):
+    """Each shadow ray's nearest hit closer than its light. ``rays``: per light, ``(light, origins (M, 3),
+    directions (M, 3), leaving ids (M,))``; returns per light distances ``(M,)`` and instance ids ``(M,)``: those of
+    ``scene.intersect(origins, directions, leaving_N=leaving)`` for every ray whose hit there is closer than the
     light (a point light: than the ray's point's distance to it), inf and 0 for every other ray.
 
-    Two exact shortcuts, since the intersection's bounding-sphere culling costs more than its casts here:
+    Every ray's hit is its own, whatever batch it is cast in, so the rays of all lights are cast together. Two exact
+    shortcuts, since the intersection's bounding-sphere culling costs more than its casts here:
     - The floor's bounding sphere holds the whole scene, so the culling keeps every ray for it and each shadow ray
       from an object would be cast at its triangles. A ray that starts above the top of an unrotated floor slab (by
       FLOOR_CLEARANCE, hundreds of float32 steps in the slab's frame) and heads upwards stays above all of them (a
@@ -73,35 +77,51 @@ def _shadow_hits(scene: Scene, light, origins_N3, dirs_N3, leaving_N):
       are cast against the other objects only (ids mapped back), the rest against the whole scene.
     - Of the rays cast against the other objects, those that pass no object's bounding sphere (grown by margins
       that dwarf the rounding) before the light reach nothing that could block it (:func:`_may_block`) and are not
-      cast at all; each remaining ray's hit is its own, whatever batch it is cast in.
+      cast at all.
     """
-    n, n_obj = len(leaving_N), len(scene.objects)
-    hit_d, hit_inst = np.full(n, np.inf), np.zeros(n, np.int64)
+    n_obj = len(scene.objects)
     ks = [k for k, o in enumerate(scene.objects) if o.shape_name == "floor" and np.array_equal(o.rotation, np.eye(3))]
     if ks:
         kf = ks[0]
         floor = scene.objects[kf]
         top = floor.translation[1] + floor.scale * floor.shape.half_height
-        away = (leaving_N == kf + 1) | ((origins_N3[:, 1] > top + FLOOR_CLEARANCE) & (dirs_N3[:, 1] > 0))
         others = replace(scene, objects=scene.objects[:kf] + scene.objects[kf + 1:], _cache={})
         back = np.array([0] + [k + 1 for k in range(n_obj) if k != kf])  # id in `others` -> id in `scene`
         fwd = np.zeros(n_obj + 1, np.int64)  # id in `scene` -> id in `others` (the floor: none)
         fwd[back[1:]] = np.arange(1, n_obj)
-        near = np.flatnonzero(~away)
-        if len(near):
-            hit_d[near], hit_inst[near] = scene.intersect(origins_N3.take(near, axis=0), dirs_N3.take(near, axis=0),
-                                                          leaving_N=leaving_N[near])
-        far = np.flatnonzero(away) if len(near) else None
     else:
-        others, back, fwd, far = scene, np.arange(n_obj + 1), np.arange(n_obj + 1), None
-    o, d = (origins_N3, dirs_N3) if far is None else (origins_N3.take(far, axis=0), dirs_N3.take(far, axis=0))
-    leave = fwd[leaving_N if far is None else leaving_N[far]]
-    kept = np.flatnonzero(_may_block(others.objects, light, o, d, leave))
-    if len(kept):
-        d_k, i_k = others.intersect(o.take(kept, axis=0), d.take(kept, axis=0), leaving_N=leave[kept])
+        others, back, fwd = scene, np.arange(n_obj + 1), np.arange(n_obj + 1)
+    out, near_parts, far_parts = [], [], []  # parts: (light's index, rows, origins, directions, leaving ids)
+    for j, (light, o, d, leaving) in enumerate(rays):
+        out.append((np.full(len(o), np.inf), np.zeros(len(o), np.int64)))
+        if ks:
+            away = (leaving == kf + 1) | ((o[:, 1] > top + FLOOR_CLEARANCE) & (d[:, 1] > 0))
+            near = np.flatnonzero(~away)
+            if len(near):
+                near_parts.append((j, near, o.take(near, axis=0), d.take(near, axis=0), leaving[near]))
+                far = np.flatnonzero(away)
+                o, d, leaving = o.take(far, axis=0), d.take(far, axis=0), leaving[far]
+            else:
+                far = None
+        else:
+            far = None
+        leave = fwd[leaving]
+        kept = np.flatnonzero(_may_block(others.objects, light, o, d, leave))
         rows = kept if far is None else far[kept]
-        hit_d[rows], hit_inst[rows] = d_k, back[i_k]
-    return hit_d, hit_inst
+        far_parts.append((j, rows, o.take(kept, axis=0), d.take(kept, axis=0), leave[kept]))
+    for target, ids, parts in ((scene, None, near_parts), (others, back, far_parts)):
+        parts = [p for p in parts if len(p[1])]
+        if not parts:
+            continue
+        hit_d, hit_inst = target.intersect(np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
+                                           leaving_N=np.concatenate([p[4] for p in parts]))
+        if ids is not None:
+            hit_inst = ids[hit_inst]
+        start = 0
+        for j, rows, *_ in parts:
+            out[j][0][rows], out[j][1][rows] = hit_d[start:start + len(rows)], hit_inst[start:start + len(rows)]
+            start += len(rows)
+    return out
 
 
 RAY_MARGIN = 1e-5  # relative and absolute growth of the bounding spheres in _may_block (world units)

@@ -67,10 +67,10 @@ def test_shadow_shortcuts_block_exactly_the_rays_the_whole_scene_blocks():
     fam = load_family("clutter")
     for i in range(6):
         scene = fam.sample(i, seed=4, size=32)
-        for light in scene.lights:
-            o, d, dist, leaving = _random_shadow_rays(scene, light, rng)
+        rays = [(light, *_random_shadow_rays(scene, light, rng)) for light in scene.lights]
+        hits = _shadow_hits(scene, [(light, o, d, leaving) for light, o, d, _, leaving in rays])  # one batch
+        for (light, o, d, dist, leaving), (got_d, got_i) in zip(rays, hits):
             want_d, want_i = scene.intersect(o, d, leaving_N=leaving)
-            got_d, got_i = _shadow_hits(scene, light, o, d, leaving)
             blocked = want_d < dist
             assert np.array_equal(got_d < dist, blocked)
             assert np.array_equal(got_d[blocked], want_d[blocked]) and np.array_equal(got_i[blocked], want_i[blocked])
@@ -84,8 +84,8 @@ def test_shading_with_the_shortcuts_gives_the_plain_casts_bytes(monkeypatch):
     scenes = [(f, load_family(f).sample(i, seed=6, size=40)) for f in ("clutter", "shapes", "single") for i in range(3)]
     with Renderer(40) as r:
         fast = [r.render(s) for _, s in scenes]
-        monkeypatch.setattr(shading, "_shadow_hits", lambda scene, light, o, d, leaving: scene.intersect(
-            o, d, leaving_N=leaving))
+        monkeypatch.setattr(shading, "_shadow_hits", lambda scene, rays: [
+            scene.intersect(o, d, leaving_N=leaving) for _, o, d, leaving in rays])
         plain = [r.render(s) for _, s in scenes]
     for a, b in zip(fast, plain):
         assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
