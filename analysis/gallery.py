@@ -25,8 +25,8 @@ from .report import feature_figure, feature_maps, save_figure
 from .score import read_table
 from .store import ActivationStore
 
-TABLE_COLUMNS = ("feature", "freq", "named_concept", "named_r2", "pair", "pair_r2", "scene_r2", "auroc", "causal",
-                 "causal_est", "gap", "frob", "candidate", "lands_on")
+TABLE_COLUMNS = ("feature", "freq", "named_concept", "named_r2", "pair", "pair_r2", "description",
+                 "description_r2", "scene_r2", "auroc", "causal", "causal_est", "gap", "frob", "candidate", "lands_on")
 
 
 class Run:
@@ -225,7 +225,7 @@ function esc(s){return String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;',
 function fmt(v){return typeof v==='number'?(Number.isInteger(v)?v:v.toFixed(3)):esc(v)}
 function render(){const q=document.getElementById('concept').value.toLowerCase();
 const mf=parseFloat(document.getElementById('minfrob').value)||0;const oc=document.getElementById('cand').checked;
-const r=rows.filter(x=>(!q||String(x.named_concept).toLowerCase().includes(q)||String(x.pair).toLowerCase().includes(q))
+const r=rows.filter(x=>(!q||[x.named_concept,x.pair,x.description].some(s=>String(s).toLowerCase().includes(q)))
 &&(x.frob>=mf)&&(!oc||x.candidate));
 r.sort((a,b)=>{const u=a[key],v=b[key];const c=(u>v)-(u<v);return desc?-c:c});
 const cols=COLS;const tb=document.querySelector('#features tbody');
@@ -270,9 +270,11 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
                             for k, v in t.items())
             imgs = "".join(f"<h3>{html.escape(k)}</h3><img alt='{html.escape(k)}' src='img/{p.name}'>"
                            for k, p in figs.items())
+            what = (f"<h2>What it computes</h2><p><code>{html.escape(str(t['description']))}</code> "
+                    f"(cross-validated R<sup>2</sup> {t['description_r2']})</p>")
             page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
                     f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
-                    f"<p>{title}</p><table>{facts}</table>{imgs}</body></html>")
+                    f"<p>{title}</p>{what}<table>{facts}</table>{imgs}</body></html>")
             (tmp / f"feature_{j}.html").write_text(page)
             pages[j] = f"feature_{j}.html"
         n = len(run.table["feature"])

@@ -189,6 +189,8 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
             correct += bool(ok)
         rows.append({**s, "named": named, "named_r2": float(table["named_r2"][j]), "pair": pair,
                      "pair_r2": float(table["pair_r2"][j]), "scene_r2": float(table["scene_r2"][j]),
+                     "description": str(table["description"][j]),
+                     "description_r2": float(table["description_r2"][j]),
                      "causal": float(table["causal"][j]), "frob": float(table["frob"][j]),
                      "frob_rank": order.index(j) + 1, "ok": ok})
     nameless = next((r for r in rows if r["kind"] == "nameless"), None)

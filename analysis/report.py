@@ -145,11 +145,17 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
                      f"{causal:.3f} | {table['lands_on'][j]} |")
     if not top:
         lines.append("| (none beat the nulls) | | | | | | |")
+    if top:
+        lines += ["", "What they compute (the best short formula of the named ground truth, cross-validated R2):", ""]
+        lines += [f"- feature {j}: `{table['description'][j]}` (R2 {table['description_r2'][j]:.3f})" for j in top]
     if pictures:
         lines += [""] + [f"![feature {j}](figures/feature_{j}.png)" for j in top]
-    lines += ["", "## Best feature per concept", "", "| concept | feature | eta^2 (cv) |", "| --- | --- | --- |"]
+    lines += ["", "## Best feature per concept", "", "| concept | feature | eta^2 (cv) | what it computes (R2) |",
+              "| --- | --- | --- | --- |"]
     for name, v in sorted(per_concept.items(), key=lambda kv: -kv[1]["r2"]):
-        lines.append(f"| {name} | {v['feature']} | {v['r2']:.3f} |")
+        f = v["feature"]
+        lines.append(f"| {name} | {f} | {v['r2']:.3f} | `{table['description'][f]}` "
+                     f"({table['description_r2'][f]:.3f}) |")
     if pictures:
         lines += [""] + [f"![feature {j}](figures/feature_{j}.png)" for j in named]
     return atomic_write(out / "report.md", "\n".join(lines) + "\n")

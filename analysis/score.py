@@ -7,6 +7,9 @@ and streamed chunk by chunk; each kind of score is one part in ``frobnolab.analy
   activation over the activation's variance, bins of the concept's value) and ``pair_r2`` for the best pair of named
   concepts (joint bins, among the feature's top 6 single concepts); ``named_best = max`` of the two;
 - ``auroc`` / ``f1``: the best detection view against binary concepts and categorical classes;
+- ``description``: what the feature computes, the best short formula of the named ground truth (a depth-2 tree
+  or a product of at most three transformed concepts, ``scoring/describe.py``) and ``description_r2``, its
+  cross-validated R^2;
 - ``scene_r2``: cross-validated R^2 of the activation predicted from ALL ground-truth columns at the token, named
   or not (the better of a kernel ridge regression on random Fourier features and a small MLP): is the feature a
   function of the scene at all?
@@ -40,6 +43,7 @@ from frobnolab.files import atomic_write
 from .scoring import nulls as N
 from .scoring.bootstrap import Bootstrap
 from .scoring.causal import CausalEffects
+from .scoring.describe import describe_features
 from .scoring.engine import FeatureSource, folds, sae_encoder
 from .scoring.frobnoloid import candidates, frobnoloid, has_causal_null
 from .scoring.moments import Moments
@@ -159,6 +163,10 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     named_best = nm.named_best
     timings["pass2_pairs"] = round(time.time() - t1, 2)
     t1 = time.time()
+    desc = describe_features(scene.sample, variables, nm.single_r2, nm.pair_best, moments.corr(),
+                             np.arange(n_features))
+    timings["describe"] = round(time.time() - t1, 2)
+    t1 = time.time()
 
     causal = CausalEffects(probe, n_features, F)
     causal.run(moments.f_sq, moments.mx, moments.n_tok, cfg.causal_top, a_s.shape[1], R, rng)
@@ -183,6 +191,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "named_r2": nm.best_single_r2[real_f],
         "pair": np.array([f"{variables[p].name}+{variables[q].name}" for p, q in nm.pair_best[real_f]], dtype=object),
         "pair_r2": nm.pair_r2[real_f], "named_best": named_best[real_f],
+        "description": desc.text, "description_r2": desc.r2,
         "detect_target": np.array([targets[t][1][0] if len(targets) else "" for t in
                                    (auroc[:, real_f].argmax(0) if len(auroc) else np.zeros(n_features, int))],
                                   dtype=object),
