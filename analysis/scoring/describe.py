@@ -90,15 +90,24 @@ def build_atoms(variables, g: np.ndarray, bins: int = 16) -> list[Atom]:
 class Transforms:
     """The factor transforms of one atom: exact values on tokens, their display, their thresholds."""
 
-    def __init__(self, atom: Atom, g: np.ndarray):
+    def __init__(self, atom: Atom, g: np.ndarray, parts: tuple = ()):
+        """``g``: the sample's ground truth, the concatenation of ``parts`` (its folds), whose ranks are cached."""
         self.atom, self._ranks = atom, {}
         nb = atom.n_bins
         lo = 2 if atom.kind == "circular" else 1  # a circular atom's bin 0 (no direction) is no threshold
         self.thr = np.linspace(lo, nb - 1, N_THR).round().astype(int) if nb - 1 >= lo else np.full(N_THR, lo)
         if atom.kind == "linear":
             x = g[:, atom.cols[0]].astype(np.float64)
-            self.xs = np.sort(x)
-            self.hi, self.med = float(self.xs[-1]), float(np.median(x))
+            u, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
+            self.xs = u
+            self._mid = (np.cumsum(cnt) - cnt / 2) / len(x)  # each distinct value's mid-rank
+            self.hi, self.med = float(u[-1]), float(np.median(x))
+            ranks = self._mid[inv.ravel()]
+            self._ranks[(id(g), len(g))] = ranks
+            at = 0
+            for part in parts:
+                self._ranks[(id(part), len(part))] = ranks[at:at + len(part)]
+                at += len(part)
 
     def rank(self, g):
         """The sample's mid-rank of each token's value, in [0, 1] (cached per array of tokens)."""
@@ -107,9 +116,8 @@ class Transforms:
             self._ranks[key] = self._rank(g)
         return self._ranks[key]
 
-    def _rank(self, g):
-        x = g[:, self.atom.cols[0]].astype(np.float64)
-        return (np.searchsorted(self.xs, x, "left") + np.searchsorted(self.xs, x, "right")) / (2 * len(self.xs))
+    def _rank(self, g):  # values between the sample's: interpolated mid-ranks
+        return np.interp(g[:, self.atom.cols[0]].astype(np.float64), self.xs, self._mid)
 
     def values(self, g: np.ndarray, t: int, b: np.ndarray | None = None) -> np.ndarray:
         """Transform ``t`` of every token of ``g`` (``b``: their bins, if known)."""
@@ -225,8 +233,8 @@ def _describe_group(atoms, g, gs, fs, cand, k):
     pos = {int(a): i for i, a in enumerate(used)}
     ci = np.vectorize(pos.get)(cand)  # (F, k) into the used atoms
     B = max(atoms[a].n_bins for a in used)
-    tf = [Transforms(atoms[a], g) for a in used]
     gk, fk = tuple(x.astype(np.float64) for x in gs), tuple(x.tocsr() for x in fs)
+    tf = [Transforms(atoms[a], g, gk) for a in used]
     fc = [x.tocsc() for x in fk]  # a feature's column: its nonzeros' rows and values
     bk = [np.stack([atoms[a].bins(x) for a in used]) for x in gk]  # per fold (A_u, N_k)
     # the transforms' mean over each bin (both folds): the factor values of the search
