@@ -91,7 +91,12 @@ def load_run(path: str | Path, which: str = "scores") -> Run:
     scores = path if (path / "features.parquet").exists() else path / which
     if not (scores / "features.parquet").exists():
         raise FileNotFoundError(f"{path}: no scored run here (no features.parquet in {scores})")
-    return Run(scores, read_table(scores / "features.parquet"), json.loads((scores / "summary.json").read_text()))
+    table = read_table(scores / "features.parquet")
+    n = len(table["feature"])
+    # tables scored before the descriptions existed still show (with the description empty)
+    table.setdefault("description", np.array([""] * n, dtype=object))
+    table.setdefault("description_r2", np.full(n, np.nan))
+    return Run(scores, table, json.loads((scores / "summary.json").read_text()))
 
 
 def shown_features(run: Run, n: int = 24) -> list[int]:
