@@ -71,6 +71,7 @@ class CausalProbe:
         self.batch = self.domain.batch(self.ds, self.images, device, rays_per_image)
         self._codes = None
         self._clean = None
+        self._clean_out = None
         self._sae_err = None
 
     @property
@@ -90,10 +91,10 @@ class CausalProbe:
         return self.domain.forward(self.model, self.batch, {self.path: edit} if edit else None)
 
     def clean_activation(self) -> torch.Tensor:
-        """The hook's output on the probe's images, unedited (computed once)."""
+        """The hook's output on the probe's images, unedited (computed once, with the clean output)."""
         if self._clean is None:
             with torch.no_grad(), capture(self.model.hook_root, [self.path]) as acts:
-                self.domain.forward(self.model, self.batch)
+                self._clean_out = self.domain.forward(self.model, self.batch)
             self._clean = acts[self.path]
         return self._clean
 
@@ -158,7 +159,8 @@ class CausalProbe:
 
     @torch.no_grad()
     def baseline(self) -> dict:
-        clean = self.pixel_error(self.output()).mean(1)
+        self.clean_activation()  # the clean output comes with it: one forward, not two
+        clean = self.pixel_error(self._clean_out).mean(1)
         self._sae_err = self.pixel_error(self.output(self.splice()))
         zero = self.pixel_error(self.output(torch.zeros_like)).mean(1)
         return {"clean": clean.cpu().numpy(), "sae": self._sae_err.mean(1).cpu().numpy(),
