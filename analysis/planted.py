@@ -13,7 +13,7 @@ null (named match and scene R^2 not above the random-direction nulls, frobnoloid
 
 :func:`vocabulary_units` (issue 14) plants units of the painter's vocabulary and of sparse, heavy-tailed concepts
 instead (a magenta detector, a copy of the specular highlight, depth x foreground): ``validate_scorer(...,
-units=vocabulary_units)``.
+units=vocabulary_units)``. :func:`function_units` plants a three-way XOR and periodic functions of position.
 """
 
 from __future__ import annotations
@@ -111,6 +111,46 @@ def vocabulary_units(gt: np.ndarray, columns: list[str], rng: np.random.Generato
                                         np.exp(4 * (np.cos(theta - np.radians(315)) - 1)), 0), ["hue"])
     add("specular_copy", "continuous", c("specular"), ["specular"])
     add("depth*foreground", "product", c("depth") * c("foreground"), ["depth", "foreground"])
+    return np.stack(units, 1).astype(np.float32), spec
+
+
+def function_units(gt: np.ndarray, columns: list[str], rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """Planted functions of the scene that the vocabulary may or may not name (issue 14):
+
+    - ``xor3``: a hard parity of three concepts, each cut at its median (normal_x, albedo_g, position_z): 1 where an
+      odd number of them are above it, 0 else. Each concept alone and each pair leave it at 1/2 on average: real
+      and nameless.
+    - ``periodic_x``: ``1 + sin`` of world position x, 3 periods across its 1..99% range: a function of one named
+      concept, whose 32 fine bins resolve it: named position_x.
+    - ``periodic_diag``: the same of the diagonal world coordinate x + z: no single concept bins it, a pair's coarse
+      10 x 10 joint bins blur it: real and nameless.
+    - ``periodic_column``: ``1 + sin`` of the image column, 4 periods across the image: exactly a function of
+      column (a token column is one of its bins), but too fast for the scene MLP (hidden 32, quantile-normalised
+      inputs) to learn in its steps: a known miss of "real".
+    - three noise units (weight 0, as in :func:`planted_units`), so that the random-direction nulls are not all
+      mixtures of the signal units.
+    """
+    c = lambda n: _col(columns, gt, n).astype(np.float64)  # noqa: E731
+    units, spec = [], []
+
+    def add(name, kind, values, concepts, weight=1.0):
+        values = np.maximum(values, 0)
+        units.append(values / max(float(values.max()), 1e-9))
+        spec.append({"name": name, "kind": kind, "concepts": concepts, "weight": weight})
+
+    xor = ("normal_x", "albedo_g", "position_z")
+    bits = [c(n) > np.median(c(n)) for n in xor]
+    add("xor3", "nameless", (bits[0] ^ bits[1] ^ bits[2]).astype(float), list(xor))
+
+    def periodic(x, periods=3):
+        lo, hi = np.quantile(x, [0.01, 0.99])
+        return 1 + np.sin(2 * np.pi * periods * (x - lo) / max(hi - lo, 1e-9))
+
+    add("periodic_x", "periodic", periodic(c("position_x")), ["position_x"])
+    add("periodic_diag", "periodic", periodic(c("position_x") + c("position_z")), ["position_x", "position_z"])
+    add("periodic_column", "periodic", periodic(c("column"), 4), ["column"])
+    for k in range(3):
+        add(f"noise{k}", "noise", rng.exponential(1.0, size=len(gt)) * (rng.random(len(gt)) < 0.3), [], weight=0.0)
     return np.stack(units, 1).astype(np.float32), spec
 
 

@@ -1,0 +1,85 @@
+"""Issue 14: planted functions of the scene (analysis/planted.py:function_units), scored once on a small clutter
+render. "Real": scene_r2 above the scene floor (0.1) and the random-direction null's 95th percentile; "nameless":
+gap = scene_r2 - named_best above max(0.2, the gap null's 95th percentile), as for a frobnoloid candidate.
+
+Developed on the render of seed 0 (the one tested here) and checked on seed 1, where every assertion held too."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    from frobnolab.analysis.planted import function_units, validate_scorer
+    from frobnolab.analysis.score import ScoreConfig
+    from frobnolab.scenes.dataset import RenderConfig, render_dataset
+
+    root = tmp_path_factory.mktemp("functions")
+    data = render_dataset(RenderConfig("clutter", n=160, size=64, seed=0), root / "clutter", progress=False)
+    r = validate_scorer(data, root / "v", progress=False, units=function_units, seed=0,
+                        cfg=ScoreConfig(n_null=16, bootstrap=0, seed=0))
+    units = {u["name"]: {**u, "named_best": max(u["named_r2"], u["pair_r2"])} for u in r["units"]}
+    for u in units.values():
+        u["gap"] = u["scene_r2"] - u["named_best"]
+    return units, r["nulls95"]
+
+
+def real(u, nulls) -> bool:
+    return u["scene_r2"] > 0.1 and u["scene_r2"] > nulls["scene_r2"]
+
+
+def nameless(u, nulls) -> bool:
+    return u["gap"] > max(0.2, nulls["gap"])
+
+
+def test_xor_of_three_concepts_is_real_and_nameless(scored):
+    """Parity of normal_x, albedo_g and position_z, each cut at its median (seed 0: scene 0.81, best single 0.08,
+    best pair 0.21, gap 0.60; seed 1: 0.84, 0.09, 0.45, 0.39)."""
+    units, nulls = scored
+    x = units["xor3"]
+    assert real(x, nulls), (x, nulls)
+    assert nameless(x, nulls), (x, nulls)
+    assert x["named_r2"] < 0.2 and x["named_best"] < x["scene_r2"] - 0.3, x  # no single name carries any of it
+
+
+def test_periodic_function_of_world_x_is_real_and_named_position_x(scored):
+    """1 + sin of position_x, 3 periods: its 32 fine bins carry it, so it is named, not nameless (seed 0: named
+    0.91, scene 0.79; seed 1: 0.90, 0.73)."""
+    units, nulls = scored
+    x = units["periodic_x"]
+    assert real(x, nulls), (x, nulls)
+    assert x["named"] == "position_x" and x["named_r2"] > 0.8, x
+    assert not nameless(x, nulls), (x, nulls)
+
+
+def test_periodic_function_of_the_diagonal_is_real_and_nameless(scored):
+    """1 + sin of position_x + position_z, 3 periods: no named concept is that coordinate; the best single is
+    n_dot_l1 and the best pair n_dot_l1 with one of the two (seed 0: named 0.35, pair 0.39, scene 0.80, gap 0.40;
+    seed 1: 0.33, 0.35, 0.78, 0.44)."""
+    units, nulls = scored
+    x = units["periodic_diag"]
+    assert real(x, nulls), (x, nulls)
+    assert nameless(x, nulls), (x, nulls)
+
+
+def test_periodic_function_of_the_image_column_is_named_column(scored):
+    units, nulls = scored
+    x = units["periodic_column"]
+    assert x["named"] == "column" and x["named_r2"] > 0.95, x
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14: 1 + sin of the image column (4 periods) is exactly a function of "
+                   "column (eta^2 1.00) but the scene MLP (hidden 32, 1000 steps, quantile-normalised inputs) and "
+                   "the Fourier ridge do not learn it: scene_r2 0.07 (seed 0) and 0.13 (seed 1), under the null's "
+                   "0.48 / 0.50; at 2 periods it scored 0.95 (seed 0)")
+def test_periodic_function_of_the_image_column_is_real(scored):
+    units, nulls = scored
+    x = units["periodic_column"]
+    assert real(x, nulls), (x, nulls)
+
+
+def test_noise_units_are_not_real(scored):
+    units, nulls = scored
+    noise = [u for u in units.values() if u["kind"] == "noise"]
+    assert len(noise) == 3
+    for x in noise:
+        assert x["scene_r2"] < 0.1 and not real(x, nulls) and x["gap"] < 0.1, (x, nulls)
