@@ -68,9 +68,8 @@ class ImageDomain:
         x = torch.from_numpy(np.ascontiguousarray(ds["rgb"][img_idx])).permute(0, 3, 1, 2).to(cfg.device)
         with torch.no_grad(), capture(model.hook_root, [h.path for h in hooks], stop=True) as acts:
             model(x)
-        bufs = C.pixel_inputs(ds, img_idx, concepts)  # the buffers and what the concepts read beside them
-        per_pixel = [(c, np.asarray(c.pixel(bufs))) for c in concepts]
         H, W = ds.size
+        per_pixel = None
         out = {}
         for h in hooks:
             a = acts[h.path]
@@ -82,7 +81,9 @@ class ImageDomain:
                 raise ValueError(f"hook point {h.name}: feature map {gh}x{gw} does not tile the {H}x{W} image")
             stride = H // gh
             acts_N = a.permute(0, 2, 3, 1).reshape(-1, c).float().cpu().numpy()
-            gt = np.concatenate([C.pool(v, con, stride) for con, v in per_pixel], -1)
+            if per_pixel is None:  # the concepts' pixel values once for every hook point
+                per_pixel = self.pixel_values(ds, img_idx, concepts)
+            gt = self.pool(per_pixel, stride)
             rr, cc = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
             where = np.stack([np.repeat(img_idx, gh * gw), np.tile(rr.ravel(), b), np.tile(cc.ravel(), b)], -1)
             keep = np.concatenate([k * gh * gw + _subsample(gh * gw, cfg.tokens_per_image, cfg.seed, int(i))
@@ -90,6 +91,22 @@ class ImageDomain:
             out[h.name] = {"acts": acts_N[keep], "where": where[keep].astype(np.int32), "gt": gt[keep],
                            "stride": stride}
         return out
+
+    @staticmethod
+    def pixel_values(ds, images, concepts) -> list:
+        """[(concept, its per-pixel values (B, H, W))] of ``images``."""
+        bufs = C.pixel_inputs(ds, images, concepts)  # the buffers and what the concepts read beside them
+        return [(c, np.asarray(c.pixel(bufs))) for c in concepts]
+
+    @staticmethod
+    def pool(per_pixel: list, stride: int) -> np.ndarray:
+        """Every token's ground truth ``(B * h * w, G)`` (image, row, column order): each concept pooled over the
+        token's ``stride x stride`` footprint."""
+        return np.concatenate([C.pool(v, con, stride) for con, v in per_pixel], -1)
+
+    def ground_truth(self, ds, images, stride: int, concepts) -> np.ndarray:
+        """The ground truth of every token of ``images`` at ``stride`` ``(B * h * w, G)``, as extraction stores it."""
+        return self.pool(self.pixel_values(ds, images, concepts), stride)
 
     def batch(self, ds, images: np.ndarray, device: str = "cpu", rays_per_image: int = 0) -> Batch:
         # kept in the (B, H, W, C) memory layout, as in extraction: a splice hands back the same layout, so splicing
@@ -117,6 +134,8 @@ class FieldDomain(ImageDomain):
     where_columns = ("image", "row", "col", "sample")
     crops = False
     figures = ("slice",)
+    ground_truth = None
+    """A probe's tokens (its rays' even samples) are not the store's: no per-token ground truth of them here."""
 
     def __init__(self):
         self._scenes: dict = {}

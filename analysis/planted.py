@@ -158,10 +158,13 @@ class PlantedProbe:
     """Causal ground truth of the planted model: output = sum_u w_u * unit_u; the optimal output is the clean one.
     Implements the :class:`~frobnolab.analysis.probe.Probe` protocol."""
 
-    def __init__(self, units: np.ndarray, weights: np.ndarray, images: np.ndarray):
+    def __init__(self, units: np.ndarray, weights: np.ndarray, images: np.ndarray, gt: np.ndarray | None = None):
+        """``units (N, P)``, their output weights ``(P,)``, each token's image ``(N,)`` and ground truth
+        ``(N, G)`` (for the understood share)."""
         self.u, self.w = units.astype(np.float64), weights.astype(np.float64)
         self.images = np.unique(images)
         self._img = images
+        self._gt = gt
         self.device = "cpu"
 
     def _per_image(self, sq: np.ndarray) -> np.ndarray:
@@ -185,6 +188,16 @@ class PlantedProbe:
     def concept_masks(self) -> dict:
         return {}
 
+    def token_ground_truth(self) -> np.ndarray | None:
+        return self._gt
+
+    def token_images(self) -> np.ndarray:
+        return self._img
+
+    def splice_losses(self, f_NF: np.ndarray) -> np.ndarray:
+        """Per-image losses with the units set to ``f_NF``: the output is sum_u w_u f_u, the optimal one the clean."""
+        return self._per_image(((np.asarray(f_NF, np.float64) - self.u) @ self.w) ** 2)
+
 
 def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cfg: ScoreConfig | None = None,
                     progress: bool = True, seed: int = 0, units=planted_units) -> dict:
@@ -206,7 +219,7 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
     tokens = ArrayTokens("planted", split(units), split(gt.astype(np.float32)), split(where), columns,
                          tok.holdout_every)
     held = tok.held_out(where[:, 0])
-    probe = PlantedProbe(units[held], np.array([s["weight"] for s in spec]), where[held, 0])
+    probe = PlantedProbe(units[held], np.array([s["weight"] for s in spec]), where[held, 0], gt[held])
     cfg = cfg or ScoreConfig(n_null=32, bootstrap=20, seed=seed)
     scores = score_features(tokens, lambda a: a, units.shape[1], cfg, probe=probe, progress=progress,
                             concepts=store.concepts)
@@ -240,6 +253,7 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
         "attribution_rate": correct / max(attributable, 1),
         "nameless_rank": nameless["frob_rank"] if nameless else None, "noise_at_null": noise_ok, "nulls95": nulls,
         "tokens": summary["tokens"], "bootstrap_check": summary["bootstrap_check"],
+        "understood": summary["understood"],
     }
     res["passed"] = bool(res["attribution_rate"] >= 0.95 and (nameless is None or res["nameless_rank"] == 1)
                          and noise_ok)

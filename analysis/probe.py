@@ -66,6 +66,8 @@ class CausalProbe:
         self.model, self.sae, self.device = model.to(device).eval(), sae, device
         self.path = store[hook].meta["path"]
         self.domain = store.domain
+        self.columns = list(store.columns)
+        self._concepts = list(store.manifest["key"]["config"].get("concepts") or [])
         self.ds = store.dataset
         self.images = np.asarray(self.ds.split("test")[:n_images] if images is None else images)
         self.batch = self.domain.batch(self.ds, self.images, device, rays_per_image)
@@ -132,6 +134,41 @@ class CausalProbe:
             return out
 
         return edit
+
+    def token_ground_truth(self) -> np.ndarray | None:
+        """The ground truth ``(tokens, G)`` of every token the splice edits, in the codes' order (image, row,
+        column), pooled as extraction pools it (the store's columns); None where the domain has none for the
+        probe's tokens (fields)."""
+        if getattr(self.domain, "ground_truth", None) is None:
+            return None
+        concepts = C.get(self._concepts or None, self.domain.concept_domain)
+        if [col for c in concepts for col in c.columns] != self.columns:
+            raise ValueError(f"hook {self.path}: the concepts registered here give other ground-truth columns than "
+                             f"the store's")
+        t = self.clean_activation()
+        return self.domain.ground_truth(self.ds, self.images, self.ds.size[0] // t.shape[2], concepts)
+
+    def token_images(self) -> np.ndarray:
+        """The image of every token the splice edits ``(tokens,)``."""
+        t = self.clean_activation()
+        return np.repeat(self.images, int(np.prod(t.shape[2:])) if t.ndim == 4 else len(t) // len(self.images))
+
+    @torch.no_grad()
+    def splice_losses(self, f_NF: np.ndarray) -> np.ndarray:
+        """Per-image losses ``(n_images,)`` with the SAE spliced in and its features set to ``f_NF (tokens, F)``
+        (decoded by the SAE) in place of the encoded ones."""
+        f = torch.as_tensor(np.asarray(f_NF, np.float32), device=self.device)
+        rec = torch.cat([self.sae.decode(f[s:s + 8192]) for s in range(0, len(f), 8192)])
+        self.codes()
+        shape = self._shape
+
+        def edit(t):
+            if len(shape) == 4:
+                b, c, h, w = shape
+                return rec.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            return rec
+
+        return self.pixel_error(self.output(edit)).mean(1).cpu().numpy()
 
     def contribution(self, j: int) -> torch.Tensor:
         """What one unit of feature j adds to the reconstruction, ``(d_in,)`` (SAE decoders are affine)."""

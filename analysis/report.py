@@ -105,6 +105,36 @@ def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path
     return save_figure(fig, path)
 
 
+def understood_lines(u: dict | None) -> list[str]:
+    """The report's "understood share" section (``scoring/understood.py``)."""
+    if not u:
+        return []
+    lines = ["## Understood share", ""]
+    if not u.get("measured"):
+        return lines + [f"Not measured: {u.get('why', '')}.", ""]
+    sh, rec, loss = u["understood"], u["recovered"], u["losses"]
+    lines += [f"Every feature replaced, at each of {u['tokens']} tokens of {u['images']} held-out images, by what a "
+              "predictor of it says from the exact ground truth; the share of what the features contribute beyond "
+              "their means that survives: (L_mean - L) / (L_mean - L_sae). Null: the descriptions dealt to the "
+              f"wrong features ({len(u['null']['shares'])} shuffles), 95th percentile {u['null95']:.3f}.", "",
+              "| features replaced by | understood share | loss recovered vs zero layer | loss |",
+              "| --- | --- | --- | --- |",
+              f"| (the SAE's own) | 1 | 1 | {loss['sae']:.5f} |"]
+    label = {"descriptions": "their descriptions", "named": "their best named concept or pair",
+             "scene": "an MLP of all the ground truth"}
+    for k in sh:
+        lines.append(f"| {label.get(k, k)} | {sh[k]:.3f} | {rec[k]:.3f} | {loss[k]:.5f} |")
+    lines += [f"| shuffled descriptions (null 95%) | {u['null95']:.3f} | | |",
+              f"| their means | 0 | {rec['mean']:.3f} | {loss['mean']:.5f} |",
+              f"| zero (layer ablated) | | 0 | {loss['zero']:.5f} |", "",
+              f"The descriptions {'beat' if u['beats_null'] else 'do not beat'} the null."]
+    if "scene" in sh:
+        lines.append(f"What the ground truth explains and no name does, as a share of the output: scene - named = "
+                     f"{sh['scene'] - sh['named']:.3f}.")
+    lines.append("")
+    return lines
+
+
 def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n_top: int = 8) -> Path:
     out = Path(out)
     fig_dir = out / "figures"
@@ -133,7 +163,9 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
         lines.append(f"| DCI {k} | {v:.3f} |")
     if "stability" in d:
         lines.append(f"| stability across seeds | {d['stability']:.3f} |")
-    lines += ["", "Null 95th percentiles: " + ", ".join(f"{k} {v:.3f}" for k, v in n.items()), "",
+    lines += ["", "Null 95th percentiles: " + ", ".join(f"{k} {v:.3f}" for k, v in n.items()), ""]
+    lines += understood_lines(summary.get("understood"))
+    lines += [
               "## Top frobnoloids (real, important, unnamed)", "",
               "| feature | frob [90% CI] | scene R2 | best named (R2) | best pair (R2) | causal | lands on |",
               "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -11,8 +11,8 @@ and streamed chunk by chunk; each kind of score is one part in ``frobnolab.analy
   or a product of at most three transformed concepts, ``scoring/describe.py``) and ``description_r2``, its
   cross-validated R^2;
 - ``scene_r2``: cross-validated R^2 of the activation predicted from ALL ground-truth columns at the token, named
-  or not (the better of a kernel ridge regression on random Fourier features and a small MLP): is the feature a
-  function of the scene at all?
+  or not (the better of a kernel ridge regression on random Fourier features and a small MLP per feature): is the
+  feature a function of the scene at all?
 - ``causal``: the loss change against the optimal output from ablating the feature in the spliced model, over the
   loss change from zero-ablating the layer: exact for the features with the most perturbation energy and for the
   leading candidates, otherwise ``causal_est``, the energy sum_t |f_j W_dec_j|^2 calibrated on the exact ones; and
@@ -49,6 +49,7 @@ from .scoring.frobnoloid import candidates, frobnoloid, has_causal_null
 from .scoring.moments import Moments
 from .scoring.named import NamedMatch
 from .scoring.scene import SceneExplained
+from .scoring.understood import understood_share
 from .variables import build_variables
 
 __all__ = ["ScoreConfig", "Scores", "score_features", "sae_encoder", "write_table", "read_table"]
@@ -78,6 +79,8 @@ class ScoreConfig:
     """Features ablated exactly, by perturbation energy (the rest: a calibrated energy estimate)."""
     causal_images: int = 16
     """Held-out images used for causal effects."""
+    understood_shuffles: int = 20
+    """Shuffled-description nulls of the understood share (0: no null)."""
     bootstrap: int = 50
     """Bootstrap resamples of held-out images for the frobnoloid interval."""
     bootstrap_top: int = 16
@@ -179,6 +182,14 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     effect = causal.effect
     timings["causal"] = round(time.time() - t1, 2)
     t1 = time.time()
+    understood = {"measured": False, "why": "no probe"}
+    if probe is not None:
+        understood = understood_share(probe, _predictors(desc, nm, variables, predictors, moments, n_features),
+                                      fold_of, (moments.s1 / max(moments.n_tok, 1))[real_f],
+                                      (moments.nnz[real_f] > 0) & np.array([x is not None for x in desc.formulas]),
+                                      np.random.default_rng([cfg.seed, 1]), cfg.understood_shuffles)
+    timings["understood"] = round(time.time() - t1, 2)
+    t1 = time.time()
     candidate = candidates(fr, effect, nulls["gap"], nulls["causal"], cfg.candidate_gap)
     has_null = has_causal_null(nulls["causal"])
 
@@ -242,10 +253,27 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "nulls95": nulls, "n_null": R, "ridge_lambda": ridge_lam, "config": asdict(cfg),
         "seconds": round(time.time() - t0, 2), "timings": timings,
         "candidates": int(table["candidate"].sum()), "heldout_recovery": recovery, "bootstrap_check": bootstrap_check,
+        "understood": understood,
         "single_r2": {variables[k].name: nm.single_r2[k, real_f].tolist() for k in range(len(variables))},
     }
     img_sums = {im: v[:n_features] for im, v in moments.img_sum.items()}
     return Scores(table, summary, moments.corr(real_f), img_sums)
+
+
+def _predictors(desc, nm, variables, scene_predictors, moments, n_features: int) -> dict:
+    """The understood share's predictors of the real features from the ground truth (``scoring/understood.py``):
+    each ``(g (n, G), fit fold) -> (n, n_features)``; a feature a predictor has nothing for: its mean."""
+    mean = (moments.s1 / max(moments.n_tok, 1))[:n_features].astype(np.float32)
+    real = np.arange(n_features)
+    out = {"descriptions": lambda g, fit: desc.predict(np.nan_to_num(g), fit, fallback=mean),
+           "named": lambda g, fit: nm.predict(g, variables, fit, real)}
+    if scene_predictors:  # predictors[b] evaluates fold b, fitted on the other
+        def scene(g, fit):
+            p = scene_predictors[1 - fit](np.nan_to_num(g))[:, :n_features]
+            return np.where(np.isnan(p), mean[None], p)
+
+        out["scene"] = scene
+    return out
 
 
 def write_table(table: dict, path: Path):

@@ -167,11 +167,24 @@ def _cmd_score(args) -> int:
     d = s["dictionary"]
     print(f"{s['tokens']} held-out tokens, {s['alive']}/{s['features']} features alive; MCC {d['mcc']:.3f}; "
           f"{s['candidates']} frobnoloid candidate(s)")
+    if _understood_line(s):
+        print(_understood_line(s))
     for name, r in s.get("heldout_recovery", {}).items():
         print(f"held-out {name}: {r['tracking_features']} tracking feature(s), recall {r['recall']:.2f}, "
               f"precision {r['precision']:.2f}")
     print(f"scores: {args.out}/features.parquet  summary: {args.out}/summary.json  report: {args.out}/report.md")
     return 0
+
+
+def _understood_line(summary: dict) -> str:
+    """The understood share of a scores summary in one line ("" where it was not measured)."""
+    u = summary.get("understood", {})
+    if not u.get("measured"):
+        return ""
+    sh = u["understood"]
+    return (f"understood share: descriptions {sh['descriptions']:.3f} (shuffled null 95% {u['null95']:.3f}), "
+            f"named concepts only {sh['named']:.3f}" + (f", all ground truth {sh['scene']:.3f}" if "scene" in sh
+                                                         else ""))
 
 
 def _cmd_validate_scorer(args) -> int:
@@ -235,6 +248,13 @@ def _cmd_quickstart(args) -> int:
         print(f"  TAESD feature gallery:   {run / 'taesd-gallery' / 'index.html'}")
     elif hint:
         print(f"  ({hint})")
+    import json
+
+    for name, folder in (("autoencoder", "scores"), ("TAESD", "taesd-scores")):
+        summary = run / folder / "summary.json"
+        line = _understood_line(json.loads(summary.read_text())) if summary.exists() else ""
+        if line:
+            print(f"  {name} {line}")
     return 0
 
 

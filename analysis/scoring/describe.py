@@ -119,8 +119,9 @@ class Transforms:
     def _rank(self, g):  # values between the sample's: interpolated mid-ranks
         return np.interp(g[:, self.atom.cols[0]].astype(np.float64), self.xs, self._mid)
 
-    def values(self, g: np.ndarray, t: int, b: np.ndarray | None = None) -> np.ndarray:
-        """Transform ``t`` of every token of ``g`` (``b``: their bins, if known)."""
+    def values(self, g: np.ndarray, t: int, b: np.ndarray | None = None, cached: bool = True) -> np.ndarray:
+        """Transform ``t`` of every token of ``g`` (``b``: their bins, if known; ``cached``: keep the ranks of
+        ``g`` for the next call, for the sample's arrays only)."""
         a = self.atom
         if t >= N_CONT:
             b = a.bins(g) if b is None else b
@@ -133,7 +134,7 @@ class Transforms:
         x = g[:, a.cols[0]].astype(np.float64)
         if t < 3:
             return (x, self.hi - x, x - self.med)[t]
-        r = self.rank(g)
+        r = self.rank(g) if cached else self._rank(g)
         return (r, 1 - r, r - 0.5)[t - 3]
 
     def text(self, t: int) -> str:
@@ -189,6 +190,48 @@ def candidate_atoms(atoms: list[Atom], variables, single_r2: np.ndarray, pair_be
     return out
 
 
+class Formula:
+    """One feature's description as a function of the ground truth: :meth:`predict` evaluates it on any tokens,
+    with the values (leaf means, affine coefficients) fitted on one image fold or on both.
+
+    ``kind``: "tree" (``rec``: root slot and threshold bin, each side's split) or "product" (``rec["factors"]``:
+    (slot, transform) pairs); ``slots``: the atoms' :class:`Transforms` by slot; ``values``: per fitting fold
+    (0, 1) and pooled (None), the leaf means (tree) or (intercept, slope) (product)."""
+
+    def __init__(self, kind: str, rec: dict, slots: dict, values: dict, r2: float):
+        self.kind, self.rec, self.slots, self.values, self.r2 = kind, rec, slots, values, r2
+
+    def leaves(self, bins_of) -> np.ndarray:
+        """A tree's leaf (0..3) of every token; ``bins_of(slot)``: the tokens' bins of that slot's atom."""
+        rb = bins_of(self.rec["root"])
+        right = rb >= self.rec["t"]
+        leaf = right.astype(np.int64) * 2
+        for side, (s, u) in ((False, self.rec["left"]), (True, self.rec["right"])):
+            if s >= 0:
+                leaf += (right == side) & (bins_of(s) >= u)
+        return leaf
+
+    def predict(self, g: np.ndarray, fit: int | None = None) -> np.ndarray:
+        """The formula's value ``(N,)`` at tokens with ground truth ``g (N, G)`` (the store's columns), with the
+        values fitted on image fold ``fit`` (0 or 1: cross-fitted predictions of the other fold) or on both."""
+        g = np.asarray(g, np.float64)
+        v = self.values[fit]
+        if self.kind == "tree":
+            cache = {}
+
+            def bins_of(s):
+                if s not in cache:
+                    cache[s] = self.slots[s].atom.bins(g)
+                return cache[s]
+
+            return np.asarray(v, np.float64)[self.leaves(bins_of)]
+        z = np.ones(len(g))
+        for c, t in self.rec["factors"]:
+            z = z * self.slots[c].values(g, t, cached=False)
+        a, b = v
+        return a + b * z
+
+
 @dataclass
 class Descriptions:
     text: np.ndarray
@@ -196,7 +239,18 @@ class Descriptions:
     r2: np.ndarray
     """(F,) its cross-validated R^2 (NaN where it never varies)."""
     formulas: list
-    """(F,) the chosen structure of each feature (a dict, or None)."""
+    """(F,) each feature's :class:`Formula` (None where it never varies)."""
+
+    def predict(self, g: np.ndarray, fit: int | None = None, fallback: np.ndarray | None = None) -> np.ndarray:
+        """Every feature's description evaluated at tokens ``g (N, G)``: ``(N, F)``; a feature without one
+        predicts ``fallback[j]`` (default 0) everywhere."""
+        out = np.zeros((len(g), len(self.formulas)), np.float32)
+        if fallback is not None:
+            out[:] = np.asarray(fallback, np.float32)[None]
+        for j, fm in enumerate(self.formulas):
+            if fm is not None:
+                out[:, j] = fm.predict(g, fit)
+        return out
 
 
 def describe_features(sample, variables, single_r2, pair_best, corr, features=None, k: int = 5,
@@ -285,11 +339,16 @@ def _describe_group(atoms, g, gs, fs, cand, k):
         options = [(tree[j]["r2"] - PENALTY * tree[j]["complexity"], tree[j]["r2"], "tree"),
                    (pr["r2"] - PENALTY * len(pr["factors"]), pr["r2"], "product")]
         _, best_r2, kind = max(options, key=lambda o: (np.nan_to_num(o[0], nan=-np.inf), o[2] == "product"))
+        slots = {c: tf[ci[j, c]] for c in range(k)}
         if kind == "tree":
-            formulas[j] = {"kind": "tree", **tree[j]}
+            fm = Formula("tree", tree[j], slots, {}, best_r2)
+            fm.values = _leaf_means(fm, bk, ci[j], fc, j)
+            formulas[j] = fm
             text[j] = _tree_text(tree[j], one, two, pairs, ci[j], [atoms[a] for a in used], j)
         else:
-            formulas[j] = {"kind": "product", **pr}
+            a, b, _ = pr["coef"]
+            formulas[j] = Formula("product", pr, slots, {0: pr["coef_fold"][0], 1: pr["coef_fold"][1],
+                                                          None: (a, b)}, best_r2)
             text[j] = _product_text(pr, tf, ci[j])
         r2[j] = best_r2
     return text, r2, formulas
@@ -502,15 +561,31 @@ def _exact_product(rec, tf, ci_j, gk, bk, fk, j, valid) -> dict:
         vz = z_all.var()
         b = np.cov(z_all, y_all, bias=True)[0, 1] / vz if vz > 1e-12 else 0.0
         return float(np.clip(out / max(n, 1), -1, 1)), (float(y_all.mean() - b * z_all.mean()), float(b),
-                                                       float(np.sqrt(vz)))
+                                                       float(np.sqrt(vz))), [tuple(map(float, c)) for c in coef]
 
     factors = list(rec["factors"])
-    r2, coef = score(factors)
+    r2, coef, per_fold = score(factors)
     if "third" in rec:
-        r3, c3 = score(factors + [rec["third"][0]])
+        r3, c3, p3 = score(factors + [rec["third"][0]])
         if r3 - PENALTY > r2:
-            factors, r2, coef = factors + [rec["third"][0]], r3, c3
-    return {"factors": factors, "r2": r2, "coef": coef}
+            factors, r2, coef, per_fold = factors + [rec["third"][0]], r3, c3, p3
+    return {"factors": factors, "r2": r2, "coef": coef, "coef_fold": per_fold}
+
+
+def _leaf_means(fm: Formula, bk, ci_j, fk, j) -> dict:
+    """A tree's leaf means fitted on each image fold and on both (a leaf empty in a fold: that fold's mean)."""
+    sums = np.zeros((2, 2, 4))
+    for fo in (0, 1):
+        leaf = fm.leaves(lambda s: bk[fo][ci_j[s]])
+        y = np.zeros(len(leaf))
+        rows, vals = _column(fk[fo], j)
+        y[rows] = vals
+        sums[fo] = np.bincount(leaf, minlength=4), np.bincount(leaf, y, 4)
+
+    def means(n, s1):
+        return np.where(n > 0, s1 / np.maximum(n, 1), s1.sum() / max(n.sum(), 1)).tolist()
+
+    return {0: means(*sums[0]), 1: means(*sums[1]), None: means(*sums.sum(0))}
 
 
 def _column(csc, j: int):

@@ -39,10 +39,33 @@ class NamedResult:
     """(T, F) detection AUROC per target."""
     f1: np.ndarray
     """(T, F) best-threshold F1 per target."""
+    single_means: np.ndarray | None = None
+    """(2, F, B) each feature's mean activation per bin of its best named variable, per image fold."""
+    pair_means: np.ndarray | None = None
+    """(2, F, C*C) per joint coarse bin of its best pair, per image fold."""
+    coarse: int = 0
+    """C: coarse bins per variable in a joint bin."""
 
     @property
     def named_best(self) -> np.ndarray:
         return np.maximum(self.best_single_r2, self.pair_r2)
+
+    def predict(self, g: np.ndarray, variables, fit: int, features=None) -> np.ndarray:
+        """What the named match predicts at tokens ``g (N, G)``: each feature's mean activation in the bin of its
+        best named concept, or of its best pair where the pair scores higher (``named_best``), with the means of
+        image fold ``fit``; ``(N, len(features))``."""
+        features = np.arange(len(self.best_single)) if features is None else np.asarray(features)
+        out = np.zeros((len(g), len(features)), np.float32)
+        use_pair = self.pair_r2[features] > self.best_single_r2[features]
+        for v in np.unique(self.best_single[features][~use_pair]):
+            sel = np.flatnonzero(~use_pair & (self.best_single[features] == v))
+            out[:, sel] = self.single_means[fit][features[sel]][:, variables[v].bins(g)].T
+        pairs = np.sort(self.pair_best[features], 1)
+        for p, q in np.unique(pairs[use_pair], axis=0) if use_pair.any() else ():
+            sel = np.flatnonzero(use_pair & (pairs[:, 0] == p) & (pairs[:, 1] == q))
+            jb = variables[p].bins(g, coarse=True) * self.coarse + variables[q].bins(g, coarse=True)
+            out[:, sel] = self.pair_means[fit][features[sel]][:, jb].T
+        return out
 
 
 class NamedMatch:
@@ -91,17 +114,25 @@ class NamedMatch:
                 slots.append(np.stack([top_vars[:, p], top_vars[:, q]], 1))
         pair_r2 = np.full(F, -np.inf)
         pair_best = np.zeros((F, 2), np.int64)
+        C = max(v.n_coarse for v in variables)
+        pair_means = np.zeros((2, F, C * C))
         if slots:
             pv = np.stack(slots, 1)  # (F, S, 2)
-            pr2 = self._pairs(pv, rechunk, progress)
+            pr2, cnt, ps1 = self._pairs(pv, rechunk, progress)
             pr2[pv[..., 0] == pv[..., 1]] = -np.inf  # a pair is two distinct concepts, never one with itself
             best_slot = pr2.argmax(1)
             pair_r2 = pr2[np.arange(F), best_slot]
             pair_best = pv[np.arange(F), best_slot]
-        return NamedResult(single_r2, best_single, best_single_r2, pair_best, pair_r2, auroc, f1)
+            pair_means = _bin_means(cnt[:, np.arange(F), best_slot], ps1[:, np.arange(F), best_slot])
+        s = self.singles  # (2, V, B) counts, (2, V, B, F) sums
+        f_idx = np.arange(F)
+        single_means = _bin_means(s.count[:, best_single], s.s1[:, best_single, :, f_idx].transpose(1, 0, 2))
+        return NamedResult(single_r2, best_single, best_single_r2, pair_best, pair_r2, auroc, f1, single_means,
+                           pair_means, C)
 
     def _pairs(self, pv: np.ndarray, rechunk, progress: bool) -> np.ndarray:
-        """Pass 2: eta^2 ``(F, S)`` of each feature's candidate pairs ``pv (F, S, 2)`` (-inf where undefined)."""
+        """Pass 2: eta^2 ``(F, S)`` of each feature's candidate pairs ``pv (F, S, 2)`` (-inf where undefined),
+        with the joint bins' counts and sums ``(2, F, S, C*C)``."""
         from tqdm.auto import tqdm
 
         variables, F = self.variables, self.F
@@ -137,8 +168,15 @@ class NamedMatch:
         bar.close()
         self.cache = None
         ps1, ps2 = ps1.transpose(0, 2, 1, 3), ps2.transpose(0, 2, 1, 3)  # (2, F, S, CC)
-        pr2 = pair_eta(cnt[:, inv], ps1, ps2)  # (F, S)
-        return np.where(np.isnan(pr2), -np.inf, pr2)
+        cnt = cnt[:, inv]
+        pr2 = pair_eta(cnt, ps1, ps2)  # (F, S)
+        return np.where(np.isnan(pr2), -np.inf, pr2), cnt, ps1
+
+
+def _bin_means(n: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """Mean per bin ``(2, F, B)`` from counts and sums ``(2, F, B)``; an empty bin: its fold's mean."""
+    tot = s1.sum(-1, keepdims=True) / np.maximum(n.sum(-1, keepdims=True), 1e-12)
+    return np.where(n > 0, s1 / np.maximum(n, 1e-12), tot)
 
 
 def pair_eta(cnt, s1, s2) -> np.ndarray:

@@ -42,7 +42,7 @@ def planted(g, columns, rng):
     }
 
 
-def describe(units: dict, g, columns, concepts):
+def describe(units: dict, g, columns, concepts, full: bool = False):
     """Descriptions of the units, with named-match evidence (eta^2 per variable, the top two as the pair,
     correlations) computed here directly; image folds of 50 tokens alternate."""
     f = np.column_stack(list(units.values()))
@@ -59,6 +59,8 @@ def describe(units: dict, g, columns, concepts):
     image = np.arange(len(g)) // 50
     sample.add(sp.csr_matrix(f), g, image % 2, image)
     d = describe_features(sample, variables, r2, np.argsort(-r2, 0)[:2].T, corr)
+    if full:
+        return d, f, image % 2
     return {name: (str(t), float(r)) for name, t, r in zip(units, d.text, d.r2)}
 
 
@@ -91,3 +93,25 @@ def test_a_description_does_not_depend_on_the_units_beside_it(described):
     for name in ("gated", "magenta"):
         alone = describe({name: units[name]}, g, columns, concepts)[name]
         assert alone[0] == d[name][0] and abs(alone[1] - d[name][1]) < 1e-9, (name, alone, d[name])
+
+
+def test_a_description_predicts_what_it_scored(described):
+    """Evaluated on the tokens, each formula's cross-fitted prediction (values fitted on one image fold, predicting
+    the other) has exactly the cross-validated R^2 the description reports; fitted on both folds it is about as
+    good."""
+    _, (g, columns, concepts, units) = described
+    d, f, fold = describe(units, g, columns, concepts, full=True)
+    gs = np.nan_to_num(g)
+    for j, name in enumerate(units):
+        fm = d.formulas[j]
+        y = f[:, j]
+        r2s = []
+        for b in (0, 1):
+            pred = fm.predict(gs[fold == b], fit=1 - b)
+            yb = y[fold == b]
+            r2s.append(1 - ((yb - pred) ** 2).sum() / ((yb - yb.mean()) ** 2).sum())
+        assert abs(np.mean(r2s) - d.r2[j]) < 1e-6, (name, fm.kind, r2s, d.r2[j])
+        pooled = fm.predict(gs)
+        assert 1 - ((y - pooled) ** 2).sum() / ((y - y.mean()) ** 2).sum() >= np.mean(r2s) - 0.01, name
+    both = d.predict(gs)
+    assert both.shape == (len(g), len(units)) and np.allclose(both[:, 0], d.formulas[0].predict(gs), atol=1e-5)

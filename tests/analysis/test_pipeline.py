@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from frobnolab.cli import main
@@ -15,6 +16,13 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
                  "--taesd", str(taesd_dir)]) == 0
     out = capsys.readouterr().out
     assert "run folder" in out and "preview.png" in out and "TAESD feature gallery" in out
+    # the understood share of each model, with its null and its named-only counterpart, printed and reported
+    assert "autoencoder understood share: descriptions" in out and "TAESD understood share:" in out, out
+    for folder in ("scores", "taesd-scores"):
+        u = json.loads((run / folder / "summary.json").read_text())["understood"]
+        assert u["measured"] and {"descriptions", "named", "scene"} <= set(u["understood"]), u
+        assert np.isfinite(u["null95"]) and u["losses"]["sae"] < u["losses"]["zero"], u
+        assert "## Understood share" in (run / folder / "report.md").read_text()
     done = json.loads((run / "stages.json").read_text())
     stages = done["seconds"]
     # the autoencoder's stages were up to date in the copy, except the extraction: a store's key holds the dataset's

@@ -20,7 +20,7 @@ def scored(tmp_path_factory):
     units = {u["name"]: {**u, "named_best": max(u["named_r2"], u["pair_r2"])} for u in r["units"]}
     for u in units.values():
         u["gap"] = u["scene_r2"] - u["named_best"]
-    return units, r["nulls95"]
+    return units, r["nulls95"], r["understood"]
 
 
 def real(u, nulls) -> bool:
@@ -34,7 +34,7 @@ def nameless(u, nulls) -> bool:
 def test_xor_of_three_concepts_is_real_and_nameless(scored):
     """Parity of normal_x, albedo_g and position_z, each cut at its median (seed 0: scene 0.81, best single 0.08,
     best pair 0.21, gap 0.60; seed 1: 0.84, 0.09, 0.45, 0.39)."""
-    units, nulls = scored
+    units, nulls, _ = scored
     x = units["xor3"]
     assert real(x, nulls), (x, nulls)
     assert nameless(x, nulls), (x, nulls)
@@ -44,7 +44,7 @@ def test_xor_of_three_concepts_is_real_and_nameless(scored):
 def test_periodic_function_of_world_x_is_real_and_named_position_x(scored):
     """1 + sin of position_x, 3 periods: its 32 fine bins carry it, so it is named, not nameless (seed 0: named
     0.91, scene 0.79; seed 1: 0.90, 0.73)."""
-    units, nulls = scored
+    units, nulls, _ = scored
     x = units["periodic_x"]
     assert real(x, nulls), (x, nulls)
     assert x["named"] == "position_x" and x["named_r2"] > 0.8, x
@@ -55,14 +55,14 @@ def test_periodic_function_of_the_diagonal_is_real_and_nameless(scored):
     """1 + sin of position_x + position_z, 3 periods: no named concept is that coordinate; the best single is
     n_dot_l1 and the best pair n_dot_l1 with one of the two (seed 0: named 0.35, pair 0.39, scene 0.80, gap 0.40;
     seed 1: 0.33, 0.35, 0.78, 0.44)."""
-    units, nulls = scored
+    units, nulls, _ = scored
     x = units["periodic_diag"]
     assert real(x, nulls), (x, nulls)
     assert nameless(x, nulls), (x, nulls)
 
 
 def test_periodic_function_of_the_image_column_is_named_column(scored):
-    units, nulls = scored
+    units, nulls, _ = scored
     x = units["periodic_column"]
     assert x["named"] == "column" and x["named_r2"] > 0.95, x
 
@@ -70,16 +70,29 @@ def test_periodic_function_of_the_image_column_is_named_column(scored):
 @pytest.mark.xfail(strict=True, reason="issue 14: 1 + sin of the image column (4 periods) is exactly a function of "
                    "column (eta^2 1.00) but the scene MLP (hidden 32, 1000 steps, quantile-normalised inputs) and "
                    "the Fourier ridge do not learn it: scene_r2 0.07 (seed 0) and 0.13 (seed 1), under the null's "
-                   "0.48 / 0.50; at 2 periods it scored 0.95 (seed 0)")
+                   "0.48 / 0.50; at 2 periods it scored 0.95 (seed 0). Taking scene_r2 at least the named match "
+                   "makes it real but raises the random-direction null's scene_r2 to 0.85 (mixtures of this unit "
+                   "are named too), above xor3's 0.81, so it was not adopted")
 def test_periodic_function_of_the_image_column_is_real(scored):
-    units, nulls = scored
+    units, nulls, _ = scored
     x = units["periodic_column"]
     assert real(x, nulls), (x, nulls)
 
 
 def test_noise_units_are_not_real(scored):
-    units, nulls = scored
+    units, nulls, _ = scored
     noise = [u for u in units.values() if u["kind"] == "noise"]
     assert len(noise) == 3
     for x in noise:
         assert x["scene_r2"] < 0.1 and not real(x, nulls) and x["gap"] < 0.1, (x, nulls)
+
+
+def test_descriptions_understand_less_of_nameless_functions_than_the_scene_does(scored):
+    """The understood share (analysis/scoring/understood.py) on units that are mostly nameless functions: splicing
+    the descriptions in recovers less than splicing each unit's scene MLP, though still more than the shuffled
+    null (seed 0: descriptions 0.34, named 0.54, scene 0.67, null 0.23)."""
+    _, _, u = scored
+    assert u["measured"], u
+    sh = u["understood"]
+    assert sh["descriptions"] < sh["scene"] - 0.2, sh
+    assert sh["descriptions"] > u["null95"] and u["beats_null"], u

@@ -65,3 +65,30 @@ def test_image_probe_resumes_at_the_hook_with_the_same_losses(tiny_dataset, tmp_
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert np.abs(a[1]).max() > 0
+
+
+def test_image_probe_token_ground_truth_is_the_stores_and_its_own_codes_splice_back(tiny_dataset, tmp_path):
+    """What the understood share splices (analysis/scoring/understood.py): the probe's per-token ground truth is
+    exactly what extraction stored for those images, in the order of the probe's tokens; splicing the SAE's own
+    codes gives the SAE's loss, and other codes another one."""
+    from frobnolab.models.conv_ae import ConvAEConfig, ConvAutoencoder
+
+    torch.manual_seed(0)
+    ae = ConvAutoencoder(ConvAEConfig(channels=(8, 16), latent_channels=4)).eval()
+    store = ActivationStore(extract(ExtractConfig(model="conv_ae", dataset=str(tiny_dataset), hooks=("enc1",)),
+                                    tmp_path / "st", model=ae, progress=False))
+    probe = CausalProbe(ae, IdentitySAE(16), store, "enc1", n_images=2)
+    g, im = probe.token_ground_truth(), probe.token_images()
+    tok = store["enc1"]
+    stored = {tuple(w): row for c in tok.chunks("test") for w, row in zip(c.where, c.gt)}
+    side = int(np.sqrt(len(g) // 2))
+    assert len(g) == 2 * side * side == len(im) and side > 1
+    for n, (i, r, c) in enumerate((i, r, c) for i in probe.images for r in range(side) for c in range(side)):
+        assert im[n] == i
+        np.testing.assert_array_equal(g[n], stored[(i, r, c)])
+    codes, _ = probe.codes()
+    own = probe.splice_losses(codes.toarray())
+    np.testing.assert_allclose(own, probe.baseline()["sae"], rtol=1e-6)
+    zero = probe.splice_losses(np.zeros(codes.shape))  # this SAE decodes 0 to 0: the zero layer
+    np.testing.assert_allclose(zero, probe.baseline()["zero"], rtol=1e-6)
+    assert np.all(np.abs(zero - own) > 1e-6 * np.abs(own))

@@ -1,0 +1,88 @@
+"""Understanding, measured: splice into the model, in place of every feature's activation, the value a
+description of it predicts from the exact ground truth, and see how much of the model's performance survives.
+
+On the probe's held-out images (:class:`~frobnolab.analysis.probe.CausalProbe`, or the planted probe) every feature
+is set, at every token, to what a predictor of it says from that token's ground truth; the SAE decodes the result
+and the model runs on from the hook. The loss against the known optimal output is compared with two ends:
+
+- ``sae``: the SAE spliced in with its own features (everything the features carry);
+- ``mean``: every feature at its mean activation (knowing nothing token by token);
+
+    understood(x) = (L_mean - L_x) / (L_mean - L_sae)
+
+is the share of what the features contribute, beyond their averages, that predictor ``x`` reproduces from the
+ground truth (1: the descriptions are as good as the features; 0: no better than constants; it can be negative).
+``recovered(x) = (L_zero - L_x) / (L_zero - L_sae)`` is the same against zero-ablating the layer. Predictors:
+
+- ``descriptions``: each feature's short formula (:mod:`.describe`);
+- ``named``: each feature's best named concept, or pair, through its per-bin mean activation (the named match);
+- ``scene``: each feature's MLP of all the ground truth (:mod:`.scene`): how much the scene explains at all;
+- ``shuffled`` (the null): the descriptions dealt to the wrong features (a random permutation among the live ones,
+  each rescaled to the mean and spread of the description it replaces), repeated; ``null95`` is the 95th
+  percentile of their shares. The descriptions are understood only where they beat it.
+
+Every prediction is cross-fitted: a token of an image in fold b is predicted with values fitted on fold 1 - b
+(the structure of a description is chosen on both folds of the scoring sample, as its ``description_r2`` is).
+Predicted activations are clipped at 0 (the features are ReLU outputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _cross_fitted(predict, g: np.ndarray, fold: np.ndarray, n_features: int) -> np.ndarray:
+    """``predict(g_part, fit) -> (n, F)`` applied to each image fold's tokens with the other fold's values."""
+    out = np.zeros((len(g), n_features), np.float32)
+    for b in (0, 1):
+        m = fold == b
+        if m.any():
+            out[m] = predict(g[m], 1 - b)
+    return out
+
+
+def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.ndarray, live: np.ndarray,
+                     rng: np.random.Generator, n_shuffle: int = 20) -> dict:
+    """The shares of the module docstring. ``predictors``: {name: predict(g (n, G), fit fold) -> (n, F)}, with
+    "descriptions" among them (the null shuffles it); ``fold_of``: image -> fold; ``mean_act (F,)``; ``live (F,)``
+    bool: the features the null permutes."""
+    g = probe.token_ground_truth() if hasattr(probe, "token_ground_truth") else None
+    if g is None:
+        return {"measured": False, "why": "the probe has no per-token ground truth (fields: its ray samples are not "
+                                          "the store's tokens)"}
+    images = probe.token_images()
+    fold = fold_of[images]
+    F = len(mean_act)
+    base = probe.baseline()
+    losses = {"clean": float(np.mean(base["clean"])), "sae": float(np.mean(base["sae"])),
+              "zero": float(np.mean(base["zero"]))}
+    splice = lambda f: float(np.mean(probe.splice_losses(np.maximum(f, 0))))  # noqa: E731
+    losses["mean"] = splice(np.broadcast_to(np.asarray(mean_act, np.float32), (len(g), F)))
+    preds = {name: _cross_fitted(p, g, fold, F) for name, p in predictors.items()}
+    for name, f in preds.items():
+        losses[name] = splice(f)
+    desc = preds["descriptions"]
+    mu, sd = desc.mean(0), desc.std(0)
+    idx = np.flatnonzero(live)
+    null_losses = []
+    for _ in range(n_shuffle if len(idx) > 1 else 0):
+        perm = idx[rng.permutation(len(idx))]
+        f = desc.copy()
+        src = desc[:, perm]
+        z = (src - src.mean(0)) / np.where(src.std(0) > 0, src.std(0), 1)
+        f[:, idx] = mu[idx] + z * sd[idx]
+        null_losses.append(splice(f))
+
+    def share(loss, lo):
+        gap = losses[lo] - losses["sae"]
+        return float((losses[lo] - loss) / gap) if abs(gap) > 1e-12 else float("nan")
+
+    out = {"measured": True, "tokens": int(len(g)), "images": int(len(np.unique(images))), "losses": losses,
+           "understood": {k: share(losses[k], "mean") for k in preds},
+           "recovered": {k: share(losses[k], "zero") for k in ("mean", *preds)},
+           "null": {"shuffled_losses": null_losses,
+                    "shares": [share(x, "mean") for x in null_losses]}}
+    shares = out["null"]["shares"]
+    out["null95"] = float(np.percentile(shares, 95)) if shares else float("nan")
+    out["beats_null"] = bool(shares and out["understood"]["descriptions"] > out["null95"])
+    return out
