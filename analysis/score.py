@@ -162,7 +162,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     scene_r2, ridge_r2, ridge_lam, predictors = scene.finish(cfg.scene_steps, cfg.seed, cfg.device)
     timings["scene_predictors"] = round(time.time() - t1, 2)
     t1 = time.time()
-    nm = named.finish(moments.corr(), lambda: src.chunks(fold_of, variables), progress)
+    nm = named.finish(moments.corr(), lambda: src.chunks(fold_of, variables), progress, sample=scene.sample)
     named_best = nm.named_best
     timings["pass2_pairs"] = round(time.time() - t1, 2)
     t1 = time.time()

@@ -5,7 +5,9 @@
 - detection: AUROC and best-threshold F1 against binary concepts and categorical classes;
 - pairs (a second pass): eta^2 with joint coarse bins, among candidates per feature: its top singles by eta^2 and
   its top variables by |correlation| (a factor of a product can have a low eta^2 of its own but still correlate);
-  the pairs are the best single with every other candidate, plus the pairs among the top three singles; a pair is
+  the pairs are the best single with every other candidate, the pairs among the top three singles, and each of
+  the top three singles with the variable that best explains what it leaves (:func:`residual_corr`: a gate's
+  second factor, such as depth in depth x foreground, neither ranks high alone nor correlates); a pair is
   always of two distinct concepts (a concept "paired" with itself is its single score on coarser bins).
 
 Every score here bins the concepts as :mod:`frobnolab.analysis.variables` does: atoms (ties, such as the zeros of a
@@ -93,9 +95,10 @@ class NamedMatch:
     def coarse(self, g: np.ndarray) -> np.ndarray:
         return np.stack([v.bins(g, coarse=True) for v in self.variables]).astype(np.int16)
 
-    def finish(self, corr_all: np.ndarray, rechunk, progress: bool = True) -> NamedResult:
+    def finish(self, corr_all: np.ndarray, rechunk, progress: bool = True, sample=None) -> NamedResult:
         """``corr_all (F, G)``: correlation with every column; ``rechunk()``: the chunks again, for pass 2 when
-        the cache did not fit."""
+        the cache did not fit; ``sample``: the scoring sample (:class:`~.scene.FoldSample`), whose residuals after
+        each feature's best single give two more pair candidates (:func:`residual_corr`)."""
         variables, F = self.variables, self.F
         single_r2 = self.singles.r2_cv()  # (V, F)
         auroc, f1 = self.detect.finish() if self.targets else (np.zeros((0, F)), np.zeros((0, F)))
@@ -112,6 +115,18 @@ class NamedMatch:
         for p, q in ((1, 2), (1, 3), (2, 3)):
             if q < m:
                 slots.append(np.stack([top_vars[:, p], top_vars[:, q]], 1))
+        s = self.singles  # (2, V, B) counts, (2, V, B, F) sums
+        f_idx = np.arange(F)
+        single_means = _bin_means(s.count[:, best_single], s.s1[:, best_single, :, f_idx].transpose(1, 0, 2))
+        if sample is not None and min(sample.n.values()) > 0 and len(named_idx) > 1:
+            unnamed = [k for k in range(len(variables)) if k not in set(named_idx.tolist())]
+            for c in range(min(3, m)):  # each of the top three singles, and what is left given it
+                cond = top_vars[:, c]
+                means = _bin_means(s.count[:, cond], s.s1[:, cond, :, f_idx].transpose(1, 0, 2))
+                rc = residual_corr(sample, variables, cond, means)  # (F, V)
+                rc[:, unnamed] = -np.inf
+                rc[f_idx, cond] = -np.inf
+                slots.append(np.stack([cond, rc.argmax(1)], 1))
         pair_r2 = np.full(F, -np.inf)
         pair_best = np.zeros((F, 2), np.int64)
         C = max(v.n_coarse for v in variables)
@@ -124,9 +139,6 @@ class NamedMatch:
             pair_r2 = pr2[np.arange(F), best_slot]
             pair_best = pv[np.arange(F), best_slot]
             pair_means = _bin_means(cnt[:, np.arange(F), best_slot], ps1[:, np.arange(F), best_slot])
-        s = self.singles  # (2, V, B) counts, (2, V, B, F) sums
-        f_idx = np.arange(F)
-        single_means = _bin_means(s.count[:, best_single], s.s1[:, best_single, :, f_idx].transpose(1, 0, 2))
         return NamedResult(single_r2, best_single, best_single_r2, pair_best, pair_r2, auroc, f1, single_means,
                            pair_means, C)
 
@@ -171,6 +183,43 @@ class NamedMatch:
         cnt = cnt[:, inv]
         pr2 = pair_eta(cnt, ps1, ps2)  # (F, S)
         return np.where(np.isnan(pr2), -np.inf, pr2), cnt, ps1
+
+
+def residual_corr(sample, variables, cond: np.ndarray, cond_means: np.ndarray, group: int = 512) -> np.ndarray:
+    """``(F, V)``: for each feature and variable, the share of what the feature's conditioning variable
+    ``cond (F,)`` leaves unexplained (the activation less its bin means ``cond_means (2, F, B)``) that one of the
+    variable's columns explains linearly with a slope of its own in each conditioning bin (on the scoring sample,
+    per fold; the larger of the folds; features silent in a fold are skipped there).
+
+    The second factor of a gated quantity has it: depth x foreground is foreground-like on average (one of its
+    top singles), and depth ranks low by eta^2 and by plain correlation (on the floor depth varies and the unit
+    is 0), but inside the foreground bin what is left of the activation is depth, with slope 1 there and 0 on the
+    floor. Each of a feature's top three singles is paired with its top variable by this."""
+    F = len(cond)
+    acc = np.zeros((F, max(c for v in variables for c in v.cols) + 1))
+    for fo in (0, 1):
+        g, f, _ = sample.arrays(fo)
+        g = g.astype(np.float64)
+        f = f.tocsc()
+        fires = np.diff(f.indptr) > 0
+        for v in np.unique(cond):
+            b = variables[v].bins(g)
+            order = np.argsort(b, kind="stable")
+            cuts = np.flatnonzero(np.diff(b[order])) + 1
+            cells = [c for c in np.split(order, cuts) if len(c) > 1]
+            gk = [g[c] - g[c].mean(0) for c in cells]
+            vk = [np.maximum((x * x).sum(0), 1e-12) for x in gk]
+            js = np.flatnonzero((cond == v) & fires)
+            for lo in range(0, len(js), group):
+                sel = js[lo:lo + group]
+                r = f[:, sel].toarray().astype(np.float64) - cond_means[fo][sel][:, b].T  # (N, n)
+                expl = np.zeros((len(sel), g.shape[1]))
+                for c, x, var in zip(cells, gk, vk):
+                    rc = r[c] - r[c].mean(0)
+                    expl += (rc.T @ x) ** 2 / var  # (n, G): each column's per-cell slope fit
+                tot = (r * r).sum(0)
+                acc[sel] = np.maximum(acc[sel], expl / np.where(tot > 0, tot, np.inf)[:, None])
+    return np.stack([acc[:, v.cols].max(1) for v in variables], 1)
 
 
 def _bin_means(n: np.ndarray, s1: np.ndarray) -> np.ndarray:
