@@ -83,7 +83,7 @@ class ImageDomain:
             acts_N = a.permute(0, 2, 3, 1).reshape(-1, c).float().cpu().numpy()
             if per_pixel is None:  # the concepts' pixel values once for every hook point
                 per_pixel = self.pixel_values(ds, img_idx, concepts)
-            gt = self.pool(per_pixel, stride)
+            gt = self.pool(per_pixel, stride, getattr(cfg, "context", ()), (b, gh, gw))
             rr, cc = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
             where = np.stack([np.repeat(img_idx, gh * gw), np.tile(rr.ravel(), b), np.tile(cc.ravel(), b)], -1)
             keep = np.concatenate([k * gh * gw + _subsample(gh * gw, cfg.tokens_per_image, cfg.seed, int(i))
@@ -99,14 +99,23 @@ class ImageDomain:
         return [(c, np.asarray(c.pixel(bufs))) for c in concepts]
 
     @staticmethod
-    def pool(per_pixel: list, stride: int) -> np.ndarray:
+    def pool(per_pixel: list, stride: int, context=(), grid=None) -> np.ndarray:
         """Every token's ground truth ``(B * h * w, G)`` (image, row, column order): each concept pooled over the
-        token's ``stride x stride`` footprint."""
-        return np.concatenate([C.pool(v, con, stride) for con, v in per_pixel], -1)
+        token's ``stride x stride`` footprint, then its context copies (``analysis/context.py``) at each scale of
+        ``context`` (``grid``: ``(B, h, w)``)."""
+        gt = np.concatenate([C.pool(v, con, stride) for con, v in per_pixel], -1)
+        if context:
+            from .context import add_context
 
-    def ground_truth(self, ds, images, stride: int, concepts) -> np.ndarray:
+            gt = add_context(gt, grid, [{"name": c.name, "kind": c.kind, "columns": c.columns} for c, _ in per_pixel],
+                             context)
+        return gt
+
+    def ground_truth(self, ds, images, stride: int, concepts, context=()) -> np.ndarray:
         """The ground truth of every token of ``images`` at ``stride`` ``(B * h * w, G)``, as extraction stores it."""
-        return self.pool(self.pixel_values(ds, images, concepts), stride)
+        H, W = ds.size
+        return self.pool(self.pixel_values(ds, images, concepts), stride, context,
+                         (len(images), H // stride, W // stride))
 
     def batch(self, ds, images: np.ndarray, device: str = "cpu", rays_per_image: int = 0) -> Batch:
         # kept in the (B, H, W, C) memory layout, as in extraction: a splice hands back the same layout, so splicing
@@ -150,6 +159,10 @@ class FieldDomain(ImageDomain):
 
     def extract(self, model, hooks, ds, img_idx, cfg, concepts, chunk) -> dict:
         from frobnolab.models.field import ray_box
+
+        if getattr(cfg, "context", ()):
+            raise ValueError("ExtractConfig.context: context pooling is for image models (a field's token is a 3D "
+                             "point, with no neighbouring tokens)")
 
         H, W = ds.size
         rays = cfg.tokens_per_image or 64

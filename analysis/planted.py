@@ -94,7 +94,8 @@ def planted_units(gt: np.ndarray, columns: list[str], rng: np.random.Generator) 
 def vocabulary_units(gt: np.ndarray, columns: list[str], rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
     """Planted units of the painter's vocabulary and of sparse, heavy-tailed concepts: a magenta detector (a von
     Mises bump of the footprint's hue at 315 degrees, 0 where it has no hue), a plain copy of the specular
-    highlight, and depth x foreground (0 on the floor and the background)."""
+    highlight, depth x foreground (0 on the floor and the background), and a bump around one object's albedo
+    colour in RGB (a function of the colour vector as a whole)."""
     c = lambda n: _col(columns, gt, n).astype(np.float64)  # noqa: E731
     units, spec = [], []
 
@@ -111,6 +112,12 @@ def vocabulary_units(gt: np.ndarray, columns: list[str], rng: np.random.Generato
                                         np.exp(4 * (np.cos(theta - np.radians(315)) - 1)), 0), ["hue"])
     add("specular_copy", "continuous", c("specular"), ["specular"])
     add("depth*foreground", "product", c("depth") * c("foreground"), ["depth", "foreground"])
+    # a function of the albedo colour as a whole: a Gaussian bump around one object's colour in RGB (no channel,
+    # hue or value alone carries it)
+    rgb = np.stack([c("albedo_r"), c("albedo_g"), c("albedo_b")], 1)
+    fg = np.flatnonzero(c("foreground") >= 0.99)
+    centre = rgb[fg[rng.integers(len(fg))]] if len(fg) else rgb.mean(0)
+    add("albedo_colour", "continuous", np.exp(-((rgb - centre) ** 2).sum(1) / (2 * 0.15 ** 2)), ["albedo"])
     return np.stack(units, 1).astype(np.float32), spec
 
 

@@ -26,7 +26,7 @@ import torch
 from frobnolab.models.hooks import capture
 
 from . import concepts as C
-from .store import ActivationStore
+from .store import ActivationStore, store_columns
 
 
 class Probe(Protocol):
@@ -68,6 +68,7 @@ class CausalProbe:
         self.domain = store.domain
         self.columns = list(store.columns)
         self._concepts = list(store.manifest["key"]["config"].get("concepts") or [])
+        self._context = tuple(store.manifest["key"]["config"].get("context") or ())
         self.ds = store.dataset
         self.images = np.asarray(self.ds.split("test")[:n_images] if images is None else images)
         self.batch = self.domain.batch(self.ds, self.images, device, rays_per_image)
@@ -142,11 +143,12 @@ class CausalProbe:
         if getattr(self.domain, "ground_truth", None) is None:
             return None
         concepts = C.get(self._concepts or None, self.domain.concept_domain)
-        if [col for c in concepts for col in c.columns] != self.columns:
+        if store_columns(concepts, self._context) != self.columns:
             raise ValueError(f"hook {self.path}: the concepts registered here give other ground-truth columns than "
                              f"the store's")
         t = self.clean_activation()
-        return self.domain.ground_truth(self.ds, self.images, self.ds.size[0] // t.shape[2], concepts)
+        return self.domain.ground_truth(self.ds, self.images, self.ds.size[0] // t.shape[2], concepts,
+                                        self._context)
 
     def token_images(self) -> np.ndarray:
         """The image of every token the splice edits ``(tokens,)``."""

@@ -37,6 +37,7 @@ from frobnolab.scenes.dataset import Dataset, split_indices, versions
 
 from . import concepts as C
 from .domain import domain_named, domain_of
+from .context import check_scales, context_concepts
 from .tokens import HookTokens
 
 FORMAT = "frobnolab.store/1"
@@ -68,10 +69,14 @@ class ExtractConfig:
     """Seed of the token subsampling."""
     device: str = "cpu"
     """cpu or cuda."""
+    context: tuple[int, ...] = ()
+    """Image models: also store every concept averaged over the k x k tokens around each token, for each k (odd,
+    >= 3), as concepts ``NAME@k`` (``analysis/context.py``); empty: the footprint alone."""
 
     def check(self):
         if self.batch_size < 1 or self.tokens_per_image < 0 or self.samples_per_ray < 1:
             raise ValueError(f"batch_size >= 1, tokens_per_image >= 0, samples_per_ray >= 1; got {self}")
+        check_scales(self.context)
         split_indices(1, self.split)
 
 
@@ -89,6 +94,17 @@ def resolve_hooks(model, names) -> list:
     return out
 
 
+def manifest_concepts(concepts, context=()) -> list[dict]:
+    """The manifest's ``concepts``: each concept, then its context copies (``analysis/context.py``)."""
+    own = [{"name": c.name, "kind": c.kind, "columns": c.columns, "description": c.description} for c in concepts]
+    return own + context_concepts(own, context)
+
+
+def store_columns(concepts, context=()) -> list[str]:
+    """The ground-truth columns a store of these concepts (and context scales) holds, in order."""
+    return [col for c in manifest_concepts(concepts, context) for col in c["columns"]]
+
+
 _WORKER: dict = {}
 
 
@@ -100,7 +116,7 @@ def _init_worker(cfg: ExtractConfig, model=None, columns: list | None = None):
     model = (load_model(cfg.model, cfg.device) if model is None else model.to(cfg.device)).eval()
     domain = domain_of(model)
     concepts = C.get(list(cfg.concepts) or None, domain.concept_domain)
-    mine = [col for c in concepts for col in c.columns]
+    mine = store_columns(concepts, cfg.context)
     if columns is not None and mine != list(columns):
         missing = [col for col in columns if col not in mine]
         raise ValueError(f"this worker's concepts give other ground-truth columns than the driver planned "
@@ -153,7 +169,7 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
     hooks = resolve_hooks(model, cfg.hooks)
     domain = domain_of(model)
     concepts = C.get(list(cfg.concepts) or None, domain.concept_domain)
-    columns = [col for c in concepts for col in c.columns]
+    columns = store_columns(concepts, cfg.context)
     key = {"config": asdict(cfg), "model_sha256": model_hash(model), "dataset_sha256": ds.manifest["dataset_sha256"],
            "hooks": [h.name for h in hooks], "columns": columns}
     key = json.loads(json.dumps(key))  # as it reads back from JSON (tuples become lists)
@@ -215,8 +231,7 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
         "dataset": str(Path(cfg.dataset).resolve()), "images": img.tolist(), "holdout_every": ds.holdout_every,
         "where_columns": list(domain.where_columns),
         "columns": columns,
-        "concepts": [{"name": c.name, "kind": c.kind, "columns": c.columns, "description": c.description}
-                     for c in concepts],
+        "concepts": manifest_concepts(concepts, cfg.context),
         "hooks": hook_meta, "chunks": [c.name for c in chunk_dirs], "versions": versions(),
         "torch": torch.__version__, "seconds": round(time.time() - t0, 2),
         "executor": f"ray ({ray.address})" if ray is not None else "this process",

@@ -12,7 +12,11 @@
 - circular concept (columns ``name.cos``, ``name.sin``): bin 0 where the mean unit vector is shorter than
   ``MIN_RESULTANT`` (no direction), otherwise bins of its angle in (-pi, pi] (:func:`circular_edges`: equal
   sectors and quantiles): the bins partition the circle, so nothing is scored across a wrap at 360 degrees;
-- categorical concept: the footprint's majority class; one detection target per class present.
+- categorical concept: the footprint's majority class; one detection target per class present;
+- vector concepts (:data:`VECTORS`: albedo colour, normal, position, the image's colour), each scored as a whole:
+  the nearest of about ``FINE`` (``COARSE`` for pairs) k-means centres of its standardised columns on the sample,
+  so that a function of colour (a magenta detector, "warm versus cool") is named by colour, not by whichever
+  channel carries most of it. A vector is named when all its concepts are.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ MAX_TAIL = 8
 """At most this many geometric splits at each end."""
 MIN_RESULTANT = 0.05
 """A circular concept's mean unit vector shorter than this has no direction (its own bin)."""
+VECTORS = {
+    "albedo": ("albedo_r", "albedo_g", "albedo_b"),
+    "normal": ("normal_x", "normal_y", "normal_z"),
+    "position": ("position_x", "position_y", "position_z"),
+    "colour": ("hue", "saturation", "value"),
+}
+"""Vector concepts scored as a whole: name -> the concepts whose columns are its components."""
 
 
 def bin_edges(x: np.ndarray, budget: int, min_count: int = MIN_COUNT) -> np.ndarray:
@@ -97,22 +108,33 @@ class Variable:
     edges: np.ndarray | None = None
     coarse_edges: np.ndarray | None = None
     named: bool = True
+    scale: tuple | None = None
+    """Vectors: the columns' mean and standard deviation (the centres live in standardised units)."""
 
     @property
     def n_bins(self) -> int:
         if self.kind == "categorical":
             return len(self.classes)
+        if self.kind == "vector":
+            return len(self.edges)
         return len(self.edges) + 1 + (self.kind == "circular")
 
     @property
     def n_coarse(self) -> int:
         if self.kind == "categorical":
             return len(self.classes)
+        if self.kind == "vector":
+            return len(self.coarse_edges)
         return len(self.coarse_edges) + 1 + (self.kind == "circular")
 
     def bins(self, gt: np.ndarray, coarse: bool = False) -> np.ndarray:
         if self.kind == "categorical":
             return gt[:, self.cols].argmax(1)
+        if self.kind == "vector":  # ``edges``: the k-means centres (K, d)
+            centres = self.coarse_edges if coarse else self.edges
+            x = (np.nan_to_num(np.asarray(gt[:, self.cols], np.float64)) - self.scale[0]) / self.scale[1]
+            d = (x * x).sum(1)[:, None] - 2 * x @ centres.T + (centres * centres).sum(1)[None]
+            return d.argmin(1)
         edges = self.coarse_edges if coarse else self.edges
         if self.kind == "circular":
             r, ang = _polar(gt[:, self.cols])
@@ -136,7 +158,9 @@ class Variable:
 def build_variables(concepts: list[dict], columns: list[str], sample_gt: np.ndarray,
                     holdout: tuple[str, ...] = ()) -> list[Variable]:
     """Variables for a store's concepts (manifest ``concepts``), with bin edges from a sample of its tokens."""
-    known = {c["name"] for c in concepts}
+    names = {c["name"] for c in concepts}
+    vectors = {k: v for k, v in VECTORS.items() if set(v) <= names}
+    known = names | set(vectors)
     unknown = set(holdout) - known
     if unknown:
         raise ValueError(f"held-out concepts {sorted(unknown)} are not in the store (has: {', '.join(sorted(known))})")
@@ -156,7 +180,39 @@ def build_variables(concepts: list[dict], columns: list[str], sample_gt: np.ndar
                 x = sample_gt[:, cols[0]]
                 v.edges, v.coarse_edges = bin_edges(x, FINE), bin_edges(x, COARSE)
         out.append(v)
+    by_name = {v.name: v for v in out}
+    for name, parts in vectors.items():
+        cols = [c for p in parts for c in by_name[p].cols]
+        x = np.nan_to_num(np.asarray(sample_gt[:, cols], np.float64))
+        mu, sd = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1)
+        z = (x - mu) / sd
+        v = Variable(name, "vector", cols, named=name not in holdout and all(by_name[p].named for p in parts),
+                     scale=(mu, sd))
+        v.edges, v.coarse_edges = kmeans_centres(z, FINE), kmeans_centres(z, COARSE)
+        out.append(v)
     return out
+
+
+def kmeans_centres(z: np.ndarray, k: int, seed: int = 0, iters: int = 25) -> np.ndarray:
+    """About ``k`` distinct k-means centres ``(<= k, d)`` of the rows of ``z`` (k-means++ start, seeded; ties such
+    as a floor's one albedo are one centre)."""
+    u, w = np.unique(np.round(z, 6), axis=0, return_counts=True)
+    if len(u) <= k:
+        return u
+    rng = np.random.default_rng(seed)
+    c = [u[rng.choice(len(u), p=w / w.sum())]]
+    d = ((u - c[0]) ** 2).sum(1)
+    for _ in range(k - 1):  # k-means++: the next centre far from the chosen ones, in proportion to the weight
+        p = w * d
+        c.append(u[rng.choice(len(u), p=p / p.sum())] if p.sum() > 0 else u[rng.integers(len(u))])
+        d = np.minimum(d, ((u - c[-1]) ** 2).sum(1))
+    c = np.array(c)
+    for _ in range(iters):
+        a = ((u[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+        n = np.bincount(a, w, len(c))
+        keep = n > 0
+        c = np.stack([np.bincount(a, w * u[:, j], len(c)) for j in range(u.shape[1])], 1)[keep] / n[keep, None]
+    return np.unique(c, axis=0)
 
 
 def circular_edges(angle: np.ndarray, budget: int) -> np.ndarray:

@@ -93,7 +93,7 @@ def _cmd_extract(args) -> int:
 
     cfg = ExtractConfig(model=args.model, dataset=args.dataset, hooks=args.hooks,
                         split=args.split, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
-                        concepts=args.concepts, seed=args.seed, device=args.device)
+                        concepts=args.concepts, seed=args.seed, device=args.device, context=args.context)
     if args.workers and args.ray is None:
         raise ValueError("extract --workers: only with --ray (a local extraction runs in this process)")
     out = extract(cfg, args.out, force=args.force, progress=not args.quiet, ray=_ray_config(args))
@@ -435,6 +435,9 @@ def _extract_options(e):
     _option(e, "--concepts", ExtractConfig, "concepts", type=_names,
             help="comma-separated concepts to store, by name or by import path module:function (default: every "
                  "registered concept of the model's kind)")
+    _option(e, "--context", ExtractConfig, "context", type=_ints,
+            help="comma-separated odd window sizes in tokens (e.g. 3,5): also store every concept averaged over the "
+                 "k x k tokens around each token, as concepts NAME@k (image models; default: none)")
     e.add_argument("--force", action="store_true", help="replace a different store already at --out")
     _ray_option(e, "run the chunks on Ray actors, each loading the model once (one GPU each with --device cuda): "
                    "alone, a local Ray; or a cluster's address (auto, HOST:PORT, ray://HOST:10001)")

@@ -70,7 +70,7 @@ def build_atoms(variables, g: np.ndarray, bins: int = 16) -> list[Atom]:
     """Atoms of the named variables from the sample's ground truth ``g`` (class columns that never hold: none)."""
     out = []
     for k, v in enumerate(variables):
-        if not v.named:
+        if not v.named or v.kind == "vector":  # a vector's components are atoms of their own
             continue
         if v.kind == "categorical":
             for c, cls in zip(v.cols, v.classes):

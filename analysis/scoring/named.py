@@ -106,10 +106,13 @@ class NamedMatch:
         named_r2 = np.where(np.isnan(single_r2[named_idx]), -np.inf, single_r2[named_idx])
         best_single = named_idx[named_r2.argmax(0)]
         best_single_r2 = named_r2.max(0)
-        m = min(self.m, len(named_idx))
-        top_vars = named_idx[np.argsort(-named_r2, 0)[:m]].T  # (F, m)
-        var_corr = np.stack([np.abs(corr_all[:, variables[k].cols]).max(1) for k in named_idx], 1)  # (F, n_named)
-        top_corr = named_idx[np.argsort(-var_corr, 1)[:, :m]]  # (F, m)
+        # pairs are of scalar concepts: a vector is scored whole, alone (its coarse centres in a pair add little)
+        scalar = np.array([k for k in named_idx if variables[k].kind != "vector"])
+        scalar_r2 = np.where(np.isnan(single_r2[scalar]), -np.inf, single_r2[scalar])
+        m = min(self.m, len(scalar))
+        top_vars = scalar[np.argsort(-scalar_r2, 0)[:m]].T  # (F, m)
+        var_corr = np.stack([np.abs(corr_all[:, variables[k].cols]).max(1) for k in scalar], 1)  # (F, n_scalar)
+        top_corr = scalar[np.argsort(-var_corr, 1)[:, :m]]  # (F, m)
         cands = np.concatenate([top_vars, top_corr], 1)
         slots = [np.stack([cands[:, 0], cands[:, c]], 1) for c in range(1, cands.shape[1])]
         for p, q in ((1, 2), (1, 3), (2, 3)):
@@ -118,8 +121,8 @@ class NamedMatch:
         s = self.singles  # (2, V, B) counts, (2, V, B, F) sums
         f_idx = np.arange(F)
         single_means = _bin_means(s.count[:, best_single], s.s1[:, best_single, :, f_idx].transpose(1, 0, 2))
-        if sample is not None and min(sample.n.values()) > 0 and len(named_idx) > 1:
-            unnamed = [k for k in range(len(variables)) if k not in set(named_idx.tolist())]
+        if sample is not None and min(sample.n.values()) > 0 and len(scalar) > 1:
+            unnamed = [k for k in range(len(variables)) if k not in set(scalar.tolist())]
             for c in range(min(3, m)):  # each of the top three singles, and what is left given it
                 cond = top_vars[:, c]
                 means = _bin_means(s.count[:, cond], s.s1[:, cond, :, f_idx].transpose(1, 0, 2))
