@@ -216,7 +216,7 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = ActivationStore(extract(ExtractConfig(model="pool-probe", dataset=str(dataset), seed=seed),
-                                    out / "tokens", model=PoolProbe(stride), progress=progress))
+                                    out / "tokens", model=PoolProbe(stride), progress=progress, force=True))
     tok = store["cells"]
     columns = store.columns
     gt = np.asarray(tok.gt, np.float64)

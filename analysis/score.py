@@ -5,7 +5,8 @@ and streamed chunk by chunk; each kind of score is one part in ``frobnolab.analy
 
 - ``named_r2``: the best named concept's cross-validated correlation ratio (eta^2: the variance of the per-bin mean
   activation over the activation's variance, bins of the concept's value) and ``pair_r2`` for the best pair of named
-  concepts (joint bins, among the feature's top 6 single concepts); ``named_best = max`` of the two;
+  concepts (joint bins, among the feature's top 6 single concepts); ``named_best`` = the max of the two and of
+  ``description_r2`` (a feature a short formula of named concepts describes is named by it);
 - ``auroc`` / ``f1``: the best detection view against binary concepts and categorical classes;
 - ``description``: what the feature computes, the best short formula of the named ground truth (a depth-2 tree
   or a product of at most three transformed concepts, ``scoring/describe.py``) and ``description_r2``, its
@@ -18,7 +19,7 @@ and streamed chunk by chunk; each kind of score is one part in ``frobnolab.analy
   leading candidates, otherwise ``causal_est``, the energy sum_t |f_j W_dec_j|^2 calibrated on the exact ones; and
   ``lands_on`` / ``lift``: the concept whose pixels take the largest share of that change;
 - ``frob``: the frobnoloid score  gap * importance * real, where
-  gap = max(0, scene_r2 - named_best)  (what the scene explains and no name or pair of names does),
+  gap = max(0, scene_r2 - named_best)  (what the scene explains and no name, pair or short formula of names does),
   importance = min(1, causal / causal_null95), real = [scene_r2 > scene_floor (0.1)];
   with a bootstrap interval over held-out images for the top candidates.
 - nulls: each score is computed for random unit directions in activation space, thresholded to the firing rate of a
@@ -43,7 +44,7 @@ from frobnolab.files import atomic_write
 from .scoring import nulls as N
 from .scoring.bootstrap import Bootstrap
 from .scoring.causal import CausalEffects
-from .scoring.describe import describe_features
+from .scoring.describe import Descriptions, describe_features
 from .scoring.engine import FeatureSource, folds, sae_encoder
 from .scoring.frobnoloid import candidates, frobnoloid, has_causal_null
 from .scoring.moments import Moments
@@ -166,8 +167,10 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     named_best = nm.named_best
     timings["pass2_pairs"] = round(time.time() - t1, 2)
     t1 = time.time()
-    desc = describe_features(scene.sample, variables, nm.single_r2, nm.pair_best, moments.corr(),
-                             np.arange(n_features))
+    desc_all = describe_features(scene.sample, variables, nm.single_r2, nm.pair_best, moments.corr(), np.arange(F))
+    desc = Descriptions(desc_all.text[:n_features], desc_all.r2[:n_features], desc_all.formulas[:n_features])
+    # a feature that a short formula of named concepts describes is named (by that compound), nulls alike
+    named_best = np.fmax(named_best, np.where(np.isnan(desc_all.r2), -np.inf, desc_all.r2))
     timings["describe"] = round(time.time() - t1, 2)
     t1 = time.time()
 
@@ -235,7 +238,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     top = top[table["frob"][top] > 0]
     if len(top) and cfg.bootstrap:
         boot = Bootstrap(scene.sample, predictors, top, variables, nm.pair_best, causal, nulls["causal"], ridge_r2,
-                         cfg.scene_floor)
+                         cfg.scene_floor, desc)
         table["frob_lo"][top], table["frob_hi"][top] = boot.intervals(cfg.bootstrap, rng)
         # the same formula: with every image weighted once the bootstrap's statistic is the point estimate again
         # (exactly so when the scoring sample holds every held-out token)

@@ -1,7 +1,7 @@
 """Bootstrap intervals of the frobnoloid score over resampled held-out images.
 
 Each resample reweights the scoring sample's tokens by their image's multiplicity and recomputes the named matches
-(single and the chosen pair), the scene R^2 of the fixed out-of-fold predictions (per fold, averaged, as the point
+(single, the chosen pair and the description's R^2 of its fixed cross-fitted predictions), the scene R^2 of the fixed out-of-fold predictions (per fold, averaged, as the point
 estimate; the predictors are NOT refitted, so the interval leaves out the predictors' own variance) and the causal
 effect over the resampled probe images, then applies the same :func:`~.frobnoloid.frobnoloid` as the point
 estimate. With every image weighted once, :meth:`Bootstrap.statistic` gives the point estimate again (up to float
@@ -21,7 +21,10 @@ from .stats import BinnedStats
 
 
 class Bootstrap:
-    def __init__(self, sample, predictors, top, variables, pair_best, causal, causal_null95, ridge_r2, scene_floor):
+    def __init__(self, sample, predictors, top, variables, pair_best, causal, causal_null95, ridge_r2, scene_floor,
+                 descriptions=None):
+        """``descriptions``: the features' :class:`~.describe.Descriptions` (their cross-fitted predictions of the
+        sample are reweighted like the MLP's, and count as named)."""
         self.top, self.variables, self.pair_best, self.causal = top, variables, pair_best, causal
         self.causal_null95, self.ridge_r2, self.scene_floor, self.predictors = causal_null95, ridge_r2, scene_floor, \
             predictors
@@ -33,6 +36,18 @@ class Bootstrap:
         if predictors:
             self.pred = np.concatenate([(predictors[k].held_out if hasattr(predictors[k], "held_out")
                                          else predictors[k](parts[k][0]))[:, top] for k in (0, 1)])
+        self.desc = None
+        if descriptions is not None:  # cross-fitted: fold k predicted with the values fitted on the other fold
+            self.desc = np.zeros_like(self.f)
+            at = 0
+            for k, p in enumerate(parts):
+                g_k = np.nan_to_num(p[0]).astype(np.float64)
+                for t, j in enumerate(top):
+                    fm = descriptions.formulas[j]
+                    if fm is not None:
+                        self.desc[at:at + len(g_k), t] = fm.predict(g_k, 1 - k)
+                at += len(g_k)
+            self.has_desc = np.array([descriptions.formulas[j] is not None for j in top])
         self.images = np.unique(im)
         self.pos = np.searchsorted(self.images, im)
         self.named = [k for k, v in enumerate(variables) if v.named]
@@ -61,8 +76,14 @@ class Bootstrap:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mlp = np.nanmean(per_fold, 0)
             scene = np.fmax(np.nan_to_num(mlp, nan=-1), scene)
+        named = np.maximum(single, pair)
+        if self.desc is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                d = np.nanmean(np.stack([r2(f[fold == k], self.desc[fold == k], w[fold == k]) for k in (0, 1)]), 0)
+            named = np.where(self.has_desc, np.fmax(named, d), named)
         eff = np.array([self.causal.resampled(int(j), self.images, wimg) for j in top])
-        return frobnoloid(scene, np.maximum(single, pair), eff, self.causal_null95, self.scene_floor).frob
+        return frobnoloid(scene, named, eff, self.causal_null95, self.scene_floor).frob
 
     def intervals(self, n: int, rng: np.random.Generator):
         """(5th, 95th percentile) of frob over ``n`` resamples of the images."""

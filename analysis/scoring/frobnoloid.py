@@ -1,6 +1,6 @@
 """The frobnoloid score, written once: the point estimate, the nulls and the bootstrap all call :func:`frobnoloid`.
 
-    gap        = clip(scene_r2 - named_best, 0, 1)   (what the scene explains and no name or pair of names does;
+    gap        = clip(scene_r2 - named_best, 0, 1)   (what the scene explains and no name, pair or description does;
                                                       a feature with no named score has named_best 0)
     importance = clip(effect / causal_null95, 0, 1)  (the signed causal effect over the null's 95th percentile;
                                                       without a causal null: 1 where an effect was measured)
