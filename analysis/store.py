@@ -170,7 +170,10 @@ def extract(cfg: ExtractConfig, out: str | Path, *, force: bool = False, progres
     domain = domain_of(model)
     concepts = C.get(list(cfg.concepts) or None, domain.concept_domain)
     columns = store_columns(concepts, cfg.context)
-    key = {"config": asdict(cfg), "model_sha256": model_hash(model), "dataset_sha256": ds.manifest["dataset_sha256"],
+    conf = asdict(cfg)
+    if not conf["context"]:  # a store without context keeps the key it had before the option existed
+        del conf["context"]
+    key = {"config": conf, "model_sha256": model_hash(model), "dataset_sha256": ds.manifest["dataset_sha256"],
            "hooks": [h.name for h in hooks], "columns": columns}
     key = json.loads(json.dumps(key))  # as it reads back from JSON (tuples become lists)
     out = Path(out)

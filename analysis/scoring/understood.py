@@ -46,6 +46,8 @@ def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.
     """The shares of the module docstring. ``predictors``: {name: predict(g (n, G), fit fold) -> (n, F)}, with
     "descriptions" among them (the null shuffles it); ``fold_of``: image -> fold; ``mean_act (F,)``; ``live (F,)``
     bool: the features the null permutes."""
+    import torch
+
     g = probe.token_ground_truth() if hasattr(probe, "token_ground_truth") else None
     if g is None:
         return {"measured": False, "why": "the probe has no per-token ground truth (fields: its ray samples are not "
@@ -56,30 +58,40 @@ def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.
     base = probe.baseline()
     losses = {"clean": float(np.mean(base["clean"])), "sae": float(np.mean(base["sae"])),
               "zero": float(np.mean(base["zero"]))}
-    splice = lambda f: float(np.mean(probe.splice_losses(np.maximum(f, 0))))  # noqa: E731
-    losses["mean"] = splice(np.broadcast_to(np.asarray(mean_act, np.float32), (len(g), F)))
-    preds = {name: _cross_fitted(p, g, fold, F) for name, p in predictors.items()}
-    for name, f in preds.items():
+
+    def splice(f: torch.Tensor) -> float:  # (tokens, F) float32, clipped at 0 in place
+        return float(np.mean(probe.splice_losses(f.clamp_(min=0).numpy())))
+
+    losses["mean"] = splice(torch.from_numpy(np.asarray(mean_act, np.float32)).expand(len(g), F).clone())
+    names = list(predictors)
+    desc = None
+    for name in names:  # one (tokens x F) prediction in memory at a time, besides the descriptions'
+        f = torch.from_numpy(_cross_fitted(predictors[name], g, fold, F))
+        if name == "descriptions":
+            desc = f.clone()
         losses[name] = splice(f)
-    desc = preds["descriptions"]
-    mu, sd = desc.mean(0), desc.std(0)
+        del f
     idx = np.flatnonzero(live)
     null_losses = []
-    for _ in range(n_shuffle if len(idx) > 1 else 0):
-        perm = idx[rng.permutation(len(idx))]
-        f = desc.copy()
-        src = desc[:, perm]
-        z = (src - src.mean(0)) / np.where(src.std(0) > 0, src.std(0), 1)
-        f[:, idx] = mu[idx] + z * sd[idx]
-        null_losses.append(splice(f))
+    if desc is not None and len(idx) > 1:
+        mu, sd = desc.mean(0), desc.std(0, unbiased=False)
+        for _ in range(n_shuffle):
+            # feature j gets the description of perm(j), rescaled to the mean and spread of its own: one gather
+            # and one multiply-add over the whole (tokens x F) matrix
+            perm = np.arange(F)
+            perm[idx] = idx[rng.permutation(len(idx))]
+            p = torch.from_numpy(perm)
+            a = torch.where(sd[p] > 0, sd / torch.where(sd[p] > 0, sd[p], 1), torch.zeros_like(sd))
+            b = mu - mu[p] * a
+            null_losses.append(splice(desc.index_select(1, p).mul_(a).add_(b)))
 
     def share(loss, lo):
         gap = losses[lo] - losses["sae"]
         return float((losses[lo] - loss) / gap) if abs(gap) > 1e-12 else float("nan")
 
     out = {"measured": True, "tokens": int(len(g)), "images": int(len(np.unique(images))), "losses": losses,
-           "understood": {k: share(losses[k], "mean") for k in preds},
-           "recovered": {k: share(losses[k], "zero") for k in ("mean", *preds)},
+           "understood": {k: share(losses[k], "mean") for k in names},
+           "recovered": {k: share(losses[k], "zero") for k in ("mean", *names)},
            "null": {"shuffled_losses": null_losses,
                     "shares": [share(x, "mean") for x in null_losses]}}
     shares = out["null"]["shares"]
