@@ -1,17 +1,23 @@
 """Scoring a trained SAE on its store, end to end: check the inputs, score every feature
 (:func:`~frobnolab.analysis.score.score_features`), the dictionary-level scores, then the files:
 ``features.parquet`` (a row per feature), ``summary.json`` (strict JSON) and ``report.md`` with its pictures.
+:func:`score_baseline` fits a baseline dictionary (:mod:`~frobnolab.analysis.baselines`) and scores it along the
+same path (:func:`_score_dictionary`), on the same held-out tokens.
 
 Computation never depends on presentation: this module imports the report, the scorer imports neither.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
+from frobnolab.errors import unknown
 from frobnolab.files import write_json
 
+from .baselines import BaselineConfig, components, fit_baseline, parse_baseline, save_baseline, weights_bytes
 from .dictionary import dictionary_scores
 from .probe import CausalProbe
 from .report import write_report
@@ -35,6 +41,39 @@ def sae_hook(sae_folder: Path, store: ActivationStore, hook: str | None) -> str:
     return hook
 
 
+def _check_holdout(store: ActivationStore, cfg: ScoreConfig):
+    unknown_held = set(cfg.holdout_concepts) - {c["name"] for c in store.concepts}
+    if unknown_held:
+        raise ValueError(f"held-out concepts {sorted(unknown_held)} are not in the store {store.path} "
+                         f"(has: {', '.join(c['name'] for c in store.concepts)})")
+
+
+def _score_dictionary(store: ActivationStore, hook: str, sae, out: Path, cfg: ScoreConfig, *, model, progress: bool,
+                      other, log, identity: dict, write_first=None) -> dict:
+    """The one scoring path of an SAE or a baseline (anything with the SAE's encode, decode, W_dec and cfg):
+    features, the causal probe, the dictionary scores, then the files. ``identity``: what the summary records of the
+    dictionary (``sae``, ``sae_sha256``, and for a baseline ``baseline``); ``write_first(out)``: files written into
+    ``out`` before the scores'."""
+    tokens = store[hook]
+    if model is None:
+        model = store.load_model(cfg.device)
+    probe = CausalProbe(model, sae, store, hook, n_images=cfg.causal_images, device=cfg.device)
+    scores = score_features(tokens, sae_encoder(sae, cfg.device), sae.cfg.d_sae, cfg, probe=probe,
+                            progress=progress, concepts=store.concepts, log=log)
+    summary = scores.summary
+    summary["dictionary"] = dictionary_scores(scores, store, hook, sae, other)
+    summary.update({"store": str(store.path.resolve()), "hook": hook, "sae": identity["sae"],
+                    "store_hook_sha256": tokens.meta["sha256"], "sae_sha256": identity["sae_sha256"]})
+    summary.update({k: v for k, v in identity.items() if k not in ("sae", "sae_sha256")})
+    out.mkdir(parents=True, exist_ok=True)
+    if write_first is not None:
+        write_first(out)
+    write_table(scores.table, out / "features.parquet")
+    write_json(out / "summary.json", summary)
+    write_report(scores.table, summary, store, hook, sae, out)
+    return summary
+
+
 def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, cfg: ScoreConfig | None = None,
               *, hook: str | None = None, model=None, progress: bool = True, other_sae: str | Path | None = None,
               log=print) -> dict:
@@ -52,22 +91,41 @@ def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, c
     tokens = store[hook]
     if sae.cfg.d_in != tokens.d_in:
         raise ValueError(f"{sae_folder}: SAE d_in {sae.cfg.d_in} does not match hook {hook} ({tokens.d_in} channels)")
-    unknown_held = set(cfg.holdout_concepts) - {c["name"] for c in store.concepts}
-    if unknown_held:
-        raise ValueError(f"held-out concepts {sorted(unknown_held)} are not in the store {store.path} "
-                         f"(has: {', '.join(c['name'] for c in store.concepts)})")
+    _check_holdout(store, cfg)
+    return _score_dictionary(store, hook, sae, Path(out), cfg, model=model, progress=progress, other=other, log=log,
+                             identity={"sae": str(sae_folder.resolve()), "sae_sha256": weights_sha256(sae_folder)})
+
+
+def score_baseline(store_path: str | Path, kind: str, out: str | Path, cfg: ScoreConfig | None = None, *, hook: str,
+                   n: int = 0, baseline: BaselineConfig | None = None, model=None, progress: bool = True,
+                   log=print) -> dict:
+    """Fit a baseline dictionary (:mod:`~frobnolab.analysis.baselines`: ``kind`` with ``n`` components, 0: the
+    kind's default; other fit options from ``baseline``) on the store's training tokens of ``hook`` and score it
+    exactly as :func:`score_sae` scores an SAE, on the same held-out tokens. ``out`` gets baseline.safetensors and
+    baseline.json beside the scores; the summary's ``baseline`` says what was fitted, its ``sae`` is the path of
+    baseline.safetensors and ``sae_sha256`` that file's sha256. Every input is checked before any work."""
+    cfg = cfg or ScoreConfig()
+    kind, n = parse_baseline(kind)[0], n or parse_baseline(kind)[1]  # "pca" with n, or "pca:N"
+    if hook is None:
+        raise ValueError(f"--baseline {kind}: give --hook (a baseline has no training record to read it from)")
+    store = ActivationStore(store_path)
+    if hook not in store.hooks:
+        raise unknown("hook point", hook, store.hooks, str(store.path))
+    bcfg = replace(baseline or BaselineConfig(), kind=kind, n=n)
+    components(bcfg, store[hook].d_in, hook)
+    _check_holdout(store, cfg)
     if model is None:
         model = store.load_model(cfg.device)
-    probe = CausalProbe(model, sae, store, hook, n_images=cfg.causal_images, device=cfg.device)
-    scores = score_features(tokens, sae_encoder(sae, cfg.device), sae.cfg.d_sae, cfg, probe=probe,
-                            progress=progress, concepts=store.concepts, log=log)
-    summary = scores.summary
-    summary["dictionary"] = dictionary_scores(scores, store, hook, sae, other)
-    summary.update({"store": str(store.path.resolve()), "hook": hook, "sae": str(sae_folder.resolve()),
-                    "store_hook_sha256": tokens.meta["sha256"], "sae_sha256": weights_sha256(sae_folder)})
+    fitted = fit_baseline(store[hook], bcfg, log=log)
+    m = fitted.meta
+    log(f"baseline {m['kind']}:{m['n']}: {m['d_sae']} features, FVU {m['fvu_fit']:.4f} on the fit tokens, "
+        f"{m['fvu_test']:.4f} held out ({m['fit_seconds']} s)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_table(scores.table, out / "features.parquet")
-    write_json(out / "summary.json", summary)
-    write_report(scores.table, summary, store, hook, sae, out)
-    return summary
+    blob = weights_bytes(fitted.module)
+    sae = fitted.module.to(cfg.device)
+    identity = {"sae": str((out / "baseline.safetensors").resolve()), "sae_sha256": hashlib.sha256(blob).hexdigest(),
+                "baseline": {k: m[k] for k in ("kind", "n", "d_sae", "seed", "fit_tokens", "fvu_fit", "fvu_test",
+                                               "fit_seconds")} | {"config": m["config"]}}
+    where = {"store": str(store.path.resolve())}
+    return _score_dictionary(store, hook, sae, out, cfg, model=model, progress=progress, other=None, log=log,
+                             identity=identity, write_first=lambda o: save_baseline(fitted, o, where))

@@ -155,15 +155,39 @@ def _cmd_sweep_sae(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from frobnolab.analysis.run import score_sae
     from frobnolab.analysis.score import ScoreConfig
 
+    if args.sae and args.baseline:
+        raise ValueError(f"give an SAE folder or --baseline KIND[:N], not both (got SAE {args.sae} and --baseline "
+                         f"{args.baseline})")
+    if not args.sae and not args.baseline:
+        raise ValueError("give an SAE folder (frobnolab train-sae) or --baseline KIND[:N]")
     cfg = ScoreConfig(holdout_concepts=args.holdout,
                       max_tokens=args.max_tokens, n_null=args.nulls, causal_top=args.causal_top,
                       causal_images=args.causal_images, bootstrap=args.bootstrap, scene_steps=args.scene_steps,
                       seed=args.seed, device=args.device)
-    s = score_sae(args.store, args.sae, args.out, cfg, hook=args.hook, progress=not args.quiet,
-                  other_sae=args.other_sae, log=(lambda *_: None) if args.quiet else print)
+    log = (lambda *_: None) if args.quiet else print
+    if args.baseline:
+        from frobnolab.analysis.baselines import BaselineConfig, parse_baseline
+        from frobnolab.analysis.run import score_baseline
+
+        kind, n = parse_baseline(args.baseline)
+        if args.hook is None:
+            raise ValueError(f"--baseline {args.baseline}: give --hook (a baseline has no training record to read "
+                             f"it from)")
+        if args.other_sae:
+            raise ValueError(f"--other-sae {args.other_sae}: only with an SAE, not with --baseline")
+        bcfg = BaselineConfig(kind=kind, n=n, fit_tokens=args.fit_tokens, nmf_steps=args.nmf_steps, seed=args.seed)
+        s = score_baseline(args.store, kind, args.out, cfg, hook=args.hook, n=n, baseline=bcfg,
+                           progress=not args.quiet, log=log)
+        b = s["baseline"]
+        print(f"baseline {b['kind']}:{b['n']} ({b['d_sae']} features) fitted on {b['fit_tokens']} training tokens; "
+              f"FVU {b['fvu_test']:.4f} held out")
+    else:
+        from frobnolab.analysis.run import score_sae
+
+        s = score_sae(args.store, args.sae, args.out, cfg, hook=args.hook, progress=not args.quiet,
+                      other_sae=args.other_sae, log=log)
     d = s["dictionary"]
     print(f"{s['tokens']} held-out tokens, {s['alive']}/{s['features']} features alive; MCC {d['mcc']:.3f}; "
           f"{s['candidates']} frobnoloid candidate(s)")
@@ -491,14 +515,22 @@ def _sweep_sae_options(t):
     t.set_defaults(run=_cmd_sweep_sae)
 
 
-@_command("score", "score every SAE feature against ground truth and the optimal output")
+@_command("score", "score every SAE (or baseline) feature against ground truth and the optimal output")
 def _score_options(t):
+    from frobnolab.analysis.baselines import KINDS, BaselineConfig
     from frobnolab.analysis.score import ScoreConfig
 
     t.add_argument("store", help="activation store the SAE was trained on")
-    t.add_argument("sae", help="SAE folder (frobnolab train-sae)")
+    t.add_argument("sae", nargs="?", help="SAE folder (frobnolab train-sae); or give --baseline")
+    t.add_argument("--baseline", metavar="KIND[:N]",
+                   help="instead of an SAE, fit a baseline dictionary on the store's training tokens of --hook and "
+                        f"score it the same way; KIND one of {', '.join(KINDS)}, N its components (default: the "
+                        "hook's channels; nmf, kmeans: 4x, at most 1024). Signed kinds have 2N features, relu(z) and "
+                        "relu(-z). Its fit is seeded by --seed; OUT also gets baseline.safetensors, baseline.json")
+    _option(t, "--fit-tokens", BaselineConfig, "fit_tokens")
+    _option(t, "--nmf-steps", BaselineConfig, "nmf_steps")
     t.add_argument("--out", required=True, help="folder for features.parquet, summary.json, report.md")
-    t.add_argument("--hook", help="hook point (default: the SAE's training record)")
+    t.add_argument("--hook", help="hook point (default: the SAE's training record; required with --baseline)")
     _option(t, "--holdout", ScoreConfig, "holdout_concepts", type=_names,
             help="comma-separated concepts withheld from the named set (they stay ground truth for scene_r2 and "
                  "for recovery)")
