@@ -46,6 +46,11 @@ class Run:
 
     @cached_property
     def sae(self):
+        """The scored SAE, or the baseline dictionary (``frobnolab score --baseline``) that stands in for one."""
+        if self.summary.get("baseline"):
+            from .baselines import load_baseline
+
+            return load_baseline(Path(self.summary["sae"]).parent)
         from .sae import load_sae
 
         return load_sae(self.summary["sae"])

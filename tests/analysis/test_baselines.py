@@ -92,6 +92,9 @@ def test_a_baseline_scores_end_to_end_through_the_cli(store, tmp_path, spec):
         u = s["understood"]
         assert u["measured"], u
         assert u["losses"]["sae"] == pytest.approx(u["losses"]["clean"], rel=1e-4, abs=1e-7), u["losses"]
+        # the gallery opens baseline scores too (it loads the baseline where an SAE would be)
+        assert main(["gallery", str(out), "--out", str(tmp_path / "gallery"), "--pages", "2", "--quiet"]) == 0
+        assert (tmp_path / "gallery" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("argv, names", [
