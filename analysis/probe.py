@@ -122,9 +122,10 @@ class CausalProbe:
         self._codes = (sp.vstack(cols).tocsc(), torch.cat(recs))
         return self._codes
 
-    def splice(self, delta=None):
-        """An edit: the SAE's reconstruction minus ``delta`` (tokens x d_in), in the hook's layout."""
-        _, rec = self.codes()
+    def splice(self, delta=None, rec=None):
+        """An edit: the SAE's reconstruction (or ``rec``, tokens x d_in) minus ``delta``, in the hook's layout."""
+        own = self.codes()[1]
+        rec = own if rec is None else rec
         shape = self._shape
 
         def edit(t):
@@ -161,16 +162,7 @@ class CausalProbe:
         (decoded by the SAE) in place of the encoded ones."""
         f = torch.as_tensor(np.asarray(f_NF, np.float32), device=self.device)
         rec = torch.cat([self.sae.decode(f[s:s + 8192]) for s in range(0, len(f), 8192)])
-        self.codes()
-        shape = self._shape
-
-        def edit(t):
-            if len(shape) == 4:
-                b, c, h, w = shape
-                return rec.reshape(b, h, w, c).permute(0, 3, 1, 2)
-            return rec
-
-        return self.pixel_error(self.output(edit)).mean(1).cpu().numpy()
+        return self.pixel_error(self.output(self.splice(rec=rec))).mean(1).cpu().numpy()
 
     def contribution(self, j: int) -> torch.Tensor:
         """What one unit of feature j adds to the reconstruction, ``(d_in,)`` (SAE decoders are affine)."""

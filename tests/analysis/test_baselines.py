@@ -12,6 +12,7 @@ from frobnolab.analysis.baselines import KINDS, BaselineConfig, fit_baseline, lo
 from frobnolab.analysis.score import sae_encoder
 from frobnolab.analysis.store import ActivationStore, ExtractConfig, extract
 from frobnolab.cli import main
+from tests.test_cli import _one_line_naming
 
 SMALL = ["--nulls", "4", "--bootstrap", "0", "--causal-top", "4", "--causal-images", "2", "--scene-steps", "50",
          "--quiet"]
@@ -28,14 +29,6 @@ def store(tiny_dataset, tmp_path_factory):
     model = save_model(ConvAutoencoder(ConvAEConfig(channels=(8, 16), latent_channels=4)), root / "ae")
     return extract(ExtractConfig(model=str(model), dataset=str(tiny_dataset), hooks=("enc0",)), root / "store",
                    progress=False)
-
-
-def _one_line_naming(capsys, *names) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    for name in names:
-        assert name in err[0], err[0]
-    return err[0]
 
 
 @pytest.mark.parametrize("kind", KINDS)

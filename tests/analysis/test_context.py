@@ -27,6 +27,8 @@ def test_context_scales_are_odd_windows():
 
 def test_a_store_with_context_holds_each_concept_around_each_token(tiny_dataset, tmp_path):
     from frobnolab.analysis.probe import CausalProbe
+
+    from .test_probe import IdentitySAE
     from frobnolab.models.conv_ae import ConvAEConfig, ConvAutoencoder
 
     torch.manual_seed(0)
@@ -51,7 +53,7 @@ def test_a_store_with_context_holds_each_concept_around_each_token(tiny_dataset,
     classes = [k for k, n in enumerate(cols) if n.startswith("instance@3=")]
     np.testing.assert_allclose(g[:, cols.index("instance@3.purity")], g[:, classes].max(1), rtol=1e-6)
     # the probe's tokens carry the same context as the store's (what the understood share splices from)
-    probe = CausalProbe(ae, _Identity(16), store, "enc1", n_images=1)
+    probe = CausalProbe(ae, IdentitySAE(16), store, "enc1", n_images=1)
     stored = {tuple(x): row for ch in tok.chunks("test") for x, row in zip(ch.where, ch.gt)}
     mine = probe.token_ground_truth()
     assert mine.shape[1] == len(cols)
@@ -65,18 +67,3 @@ def test_fields_refuse_context(tiny_single, tmp_path):
         extract(ExtractConfig(model="field", dataset=str(tiny_single), hooks=("trunk1",), tokens_per_image=4,
                               samples_per_ray=4, context=(3,)), tmp_path / "f",
                 model=CoordinateField(FieldConfig(hidden=16, layers=2)), progress=False)
-
-
-class _Identity(torch.nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.cfg = SimpleNamespace(d_sae=d)
-        self.W_dec = torch.nn.Parameter(torch.eye(d))
-
-    def encode(self, x):
-        return x
-
-    def decode(self, f):
-        return f @ self.W_dec
