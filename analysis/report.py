@@ -64,8 +64,22 @@ def first_images(top_where, n: int = 4) -> list[tuple]:
 
 
 def concept_map(ds, image: int, concept: str) -> np.ndarray:
-    """A concept's per-pixel map for one image (categorical: class codes)."""
-    con = C.REGISTRY.get(concept.split("+")[0])
+    """A concept's per-pixel map for one image (categorical: class codes; a vector concept of
+    ``variables.VECTORS``: an RGB image ``(H, W, 3)``: the image's colour as HSV, other vectors' components each
+    scaled to [0, 1])."""
+    from .variables import VECTORS
+
+    name = concept.split("+")[0]
+    if name in VECTORS:
+        parts = [concept_map(ds, image, p) for p in VECTORS[name]]
+        if name == "colour":  # hue is an angle in radians
+            import matplotlib.colors as mcolors
+
+            hsv = np.stack([np.mod(np.nan_to_num(parts[0]) / (2 * np.pi), 1), *parts[1:]], -1)
+            return mcolors.hsv_to_rgb(np.clip(hsv, 0, 1)).astype(np.float32)
+        x = np.nan_to_num(np.stack(parts, -1))
+        return ((x - x.min()) / max(float(np.ptp(x)), 1e-12)).astype(np.float32)
+    con = C.REGISTRY.get(name)
     if con is None or con.pixel is None:
         return np.zeros(ds.size)
     return np.asarray(con.pixel(C.pixel_inputs(ds, [image], [con])))[0].astype(np.float32)

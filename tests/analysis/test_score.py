@@ -294,3 +294,16 @@ def test_scene_r2_of_a_feature_does_not_depend_on_the_features_beside_it():
     both, alone = r2_of([0, 1, 2]), r2_of([0])
     assert both[0] > 0.5 and both[1] > 0.9 and both[2] < 0.05, both  # noise: no better than its mean
     assert abs(both[0] - alone[0]) < 1e-4, (both[0], alone[0])
+
+
+def test_a_vector_concept_has_a_colour_map_in_the_report(tiny_dataset):
+    """A feature named by a vector concept (analysis/variables.py:VECTORS) gets an RGB concept map beside its crops,
+    not a blank one: albedo and normal as scaled components, the image's colour through HSV."""
+    from frobnolab.analysis.report import concept_map
+    from frobnolab.scenes.dataset import Dataset
+
+    ds = Dataset(tiny_dataset)
+    for name in ("albedo", "normal", "colour"):
+        m = concept_map(ds, 0, name)
+        assert m.shape == (*ds.size, 3) and m.min() >= 0 and m.max() <= 1 and m.std() > 0.01, name
+    assert concept_map(ds, 0, "depth").shape == ds.size
