@@ -4,7 +4,8 @@
     runs/NAME/ae/        the small autoencoder trained on it
     runs/NAME/store/     activation store of its hook point
     runs/NAME/sae/       SAE (sae-lens format in sae/sae)
-    runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score)
+    runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score); baselines.json
+    runs/NAME/baselines/ the baseline dictionaries (units, PCA, ...) scored beside the SAE (analysis/baseline_table.py)
     runs/NAME/gallery/   the static feature gallery (index.html)
     runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd)
 """
@@ -25,7 +26,7 @@ from frobnolab.files import dumps, write_json
 from .run import score_sae
 from .sae import SAETrainConfig, train_sae, weights_sha256
 from .score import ScoreConfig
-from .store import ExtractConfig, extract
+from .store import ActivationStore, ExtractConfig, extract
 
 
 @dataclass
@@ -56,6 +57,8 @@ class QuickstartConfig:
     of the earlier default): TAESD's ablations, a decoder pass each, are the main job's largest cost."""
     random_null: bool = True
     """Also run the same recipe (store, SAE, scores) on a randomly initialised autoencoder: the null model."""
+    baselines: tuple[str, ...] = ("units", "pca", "nmf", "random")
+    """Baseline dictionaries scored on the autoencoder's hook beside its SAE (kind or kind:N; () for none)."""
     seed: int = 0
     """Seed of every stage."""
 
@@ -76,7 +79,8 @@ QUICKSTART_PRESETS = {
                              taesd_tokens_per_image=32,
                              taesd_sae=SAETrainConfig(hook="enc7", width=32, k=4, training_tokens=32768,
                                                       batch_size=256, lr=3e-3, checkpoints=1),
-                             score=ScoreConfig(n_null=8, bootstrap=5, causal_top=8, scene_steps=200)),
+                             score=ScoreConfig(n_null=8, bootstrap=5, causal_top=8, scene_steps=200),
+                             baselines=("units",)),
 }
 
 
@@ -123,6 +127,38 @@ def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: b
     return res
 
 
+def _baselines(out: Path, cfg: QuickstartConfig, progress: bool) -> dict:
+    """Score each baseline of ``cfg.baselines`` on the autoencoder's hook against the SAE's null features (unless
+    its scores are newer than those nulls and of this config), the layer's supervised ceiling, then
+    ``scores/baselines.json`` and the report's "Baselines" section."""
+    from .baseline_table import comparison
+    from .report import baseline_lines, replace_section
+    from .run import score_baseline
+    from .scoring.ceiling import probe_ceiling
+
+    store = ActivationStore(out / "store")
+    nulls = out / "scores" / "null_features.parquet"
+    want = json.loads(dumps(asdict(cfg.score)))
+    folders = {"sae": out / "scores"}
+    for spec in cfg.baselines:
+        folder = out / "baselines" / spec.replace(":", "-")
+        done = folder / "summary.json"
+        fresh = done.exists() and done.stat().st_mtime_ns >= nulls.stat().st_mtime_ns and \
+            json.loads(done.read_text()).get("config") == want and \
+            json.loads(done.read_text()).get("store_hook_sha256") == store[cfg.hook].meta["sha256"]
+        if not fresh:
+            score_baseline(out / "store", spec, folder, cfg.score, hook=cfg.hook, progress=progress,
+                           log=lambda *_: None, nulls_from=out / "scores")
+        folders[spec] = folder
+    ceiling = probe_ceiling(store[cfg.hook], store.concepts, seed=cfg.seed)
+    res = {"hook": cfg.hook, **comparison(folders, ceiling), "ceiling": ceiling}
+    path = out / "scores" / "baselines.json"
+    if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(res)):  # unchanged: left as it is
+        write_json(path, res)
+    replace_section(out / "scores" / "report.md", baseline_lines(res))
+    return res
+
+
 def _gallery(scores: Path, out: Path, progress: bool):
     """Build the gallery unless it is newer than the scores it shows."""
     from .gallery import build_gallery
@@ -136,7 +172,7 @@ def _gallery(scores: Path, out: Path, progress: bool):
 # the file whose modification time says when each stage last made its output
 STAGE_OUTPUTS = {"render": "render/manifest.json", "train-ae": "ae/training.json", "extract": "store/manifest.json",
                  "train-sae": "sae/training.json", "score": "scores/summary.json",
-                 "null-model": "scores/random_model_null.json", "gallery": "gallery/index.html",
+                 "null-model": "scores/random_model_null.json", "baselines": "scores/baselines.json", "gallery": "gallery/index.html",
                  "extract-taesd": "taesd-store/manifest.json", "train-sae-taesd": "taesd-sae/training.json",
                  "score-taesd": "taesd-scores/summary.json", "gallery-taesd": "taesd-gallery/index.html"}
 
@@ -191,6 +227,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
     stage("score", lambda: _score(out / "store", out / "sae", out / "scores", cfg.score, progress))
     if cfg.random_null:
         stage("null-model", lambda: _random_model_null(out, data, cfg, progress))
+    if cfg.baselines:
+        stage("baselines", lambda: _baselines(out, cfg, progress))
     stage("gallery", lambda: _gallery(out / "scores", out / "gallery", progress))
     if taesd:
         stage("extract-taesd", lambda: extract(ExtractConfig(

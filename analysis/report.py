@@ -149,6 +149,63 @@ def understood_lines(u: dict | None) -> list[str]:
     return lines
 
 
+def fdr_lines(fdr: dict | None, table: dict) -> list[str]:
+    """The false-discovery paragraph: how many live features were tested against nulls of their own firing rate and
+    how many survive Benjamini-Hochberg, for the gap, the named match and the scene R^2."""
+    if not fdr:
+        return []
+    cand = int(np.sum(np.asarray(table["candidate"], bool)))
+    return ["## False discoveries", "",
+            f"Each of the {fdr['tested']} live features is tested against the random directions of its own firing "
+            f"rate (median {fdr['null_matched_median']:.0f} nulls each); q-values by Benjamini-Hochberg over all "
+            f"of them. At q <= {fdr['q_level']}: {fdr['discoveries_gap']} gaps (unnamed and real beyond chance), "
+            f"{fdr['discoveries_named']} named matches, {fdr['discoveries_scene']} scene R2s. "
+            f"Frobnoloid candidates (gap > 0.2, q <= {fdr['q_level']}, causal above its null): {cand}.", ""]
+
+
+def baseline_lines(cmp: dict, n_concepts: int = 12) -> list[str]:
+    """The report's "Baselines" section from ``baseline_table.comparison``: a row per dictionary, then the concepts
+    the layer holds most (by its supervised ceiling) with each dictionary's coverage and its features named by the
+    concept beyond chance."""
+    rows = cmp["dictionaries"]
+    if not rows:
+        return []
+    q = rows[0]["q_level"]
+    lines = ["## Baselines (the same scorer, tokens and nulls)", "",
+             f"Every dictionary is scored like the SAE on the same held-out tokens and tested against the same null "
+             f"features. Named / gaps beyond chance: features whose q-value (Benjamini-Hochberg, nulls of their own "
+             f"firing rate) is at most {q}.", "",
+             "| dictionary | features (alive) | FVU held out | MCC | mean coverage | named beyond chance | gaps beyond "
+             "chance | candidates | understood (descriptions) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['dictionary']} | {r['features']} ({r['alive']}) | {r['fvu_test']:.3f} | {r['mcc']:.3f} | "
+                     f"{r['coverage_mean']:.3f} | {r['named_discoveries']} ({100 * r['named_share']:.0f}%) | "
+                     f"{r['gap_discoveries']} | {r['candidates']} | {r['understood_descriptions']:.3f} |")
+    names = [r["dictionary"] for r in rows]
+    top = sorted(cmp["concepts"].items(), key=lambda kv: -np.nan_to_num(kv[1]["ceiling"], nan=-1))[:n_concepts]
+    lines += ["", "Coverage (best feature's eta^2) and features named by the concept beyond chance, for the concepts "
+              "the layer holds most (ceiling: a kernel ridge probe from the whole layer, cross-validated):", "",
+              "| concept | ceiling | " + " | ".join(names) + " |", "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for c, e in top:
+        cells = [f"{e['coverage'].get(n, float('nan')):.2f} ({e['above_null'].get(n, 0)})" for n in names]
+        lines.append(f"| {c} | {e['ceiling']:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def replace_section(report: Path, lines: list[str]) -> Path:
+    """Put a section (``lines``, starting with its ``## `` title) into a written report: in place of the section of
+    that title, else at the end."""
+    text = Path(report).read_text().rstrip("\n").split("\n")
+    title = lines[0]
+    if title in text:
+        i = text.index(title)
+        j = next((k for k in range(i + 1, len(text)) if text[k].startswith("## ")), len(text))
+        text = text[:i] + lines + text[j:]
+    else:
+        text = text + [""] + lines
+    return atomic_write(report, "\n".join(text).rstrip("\n") + "\n")
+
+
 def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n_top: int = 8) -> Path:
     out = Path(out)
     fig_dir = out / "figures"
@@ -178,19 +235,23 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
     if "stability" in d:
         lines.append(f"| stability across seeds | {d['stability']:.3f} |")
     lines += ["", "Null 95th percentiles: " + ", ".join(f"{k} {v:.3f}" for k, v in n.items()), ""]
+    lines += fdr_lines(summary.get("fdr"), table)
     lines += understood_lines(summary.get("understood"))
     lines += [
               "## Top frobnoloids (real, important, unnamed)", "",
-              "| feature | frob [90% CI] | scene R2 | best named (R2) | best pair (R2) | causal | lands on |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| feature | frob [90% CI] | gap (q) | scene R2 | best named (R2) | best pair (R2) | causal | lands on |"
+              " candidate |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for j in top:
         ci = f"[{table['frob_lo'][j]:.2f}, {table['frob_hi'][j]:.2f}]" if np.isfinite(table["frob_lo"][j]) else ""
         causal = table["causal"][j] if np.isfinite(table["causal"][j]) else table["causal_est"][j]
-        lines.append(f"| {j} | {frob[j]:.3f} {ci} | {table['scene_r2'][j]:.3f} | {table['named_concept'][j]} "
-                     f"({table['named_r2'][j]:.3f}) | {table['pair'][j]} ({table['pair_r2'][j]:.3f}) | "
-                     f"{causal:.3f} | {table['lands_on'][j]} |")
+        q = table["q_value"][j] if "q_value" in table else float("nan")
+        lines.append(f"| {j} | {frob[j]:.3f} {ci} | {table['gap'][j]:.3f} ({q:.3f}) | {table['scene_r2'][j]:.3f} | "
+                     f"{table['named_concept'][j]} ({table['named_r2'][j]:.3f}) | {table['pair'][j]} "
+                     f"({table['pair_r2'][j]:.3f}) | {causal:.3f} | {table['lands_on'][j]} | "
+                     f"{'yes' if table['candidate'][j] else 'no'} |")
     if not top:
-        lines.append("| (none beat the nulls) | | | | | | |")
+        lines.append("| (none beat the nulls) | | | | | | | | |")
     if top:
         lines += ["", "What they compute (the best short formula of the named ground truth, cross-validated R2):", ""]
         lines += [f"- feature {j}: `{table['description'][j]}` (R2 {table['description_r2'][j]:.3f})" for j in top]

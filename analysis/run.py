@@ -22,7 +22,8 @@ from .dictionary import dictionary_scores
 from .probe import CausalProbe
 from .report import write_report
 from .sae import load_sae, weights_sha256
-from .score import ScoreConfig, sae_encoder, score_features, write_table
+from .score import ScoreConfig, read_table, sae_encoder, score_features, write_table
+from .scoring.nulls import BANK
 from .store import ActivationStore
 
 
@@ -48,8 +49,25 @@ def _check_holdout(store: ActivationStore, cfg: ScoreConfig):
                          f"(has: {', '.join(c['name'] for c in store.concepts)})")
 
 
+def read_null_bank(scores: str | Path, store: ActivationStore, hook: str) -> dict:
+    """The null features of an earlier scoring on the same tokens (its ``null_features.parquet``), checked to be of
+    this store's ``hook``."""
+    import numpy as np
+
+    scores = Path(scores)
+    path, summ = scores / "null_features.parquet", scores / "summary.json"
+    if not path.exists() or not summ.exists():
+        raise ValueError(f"{scores}: no null_features.parquet and summary.json (score an SAE there first)")
+    s = json.loads(summ.read_text())
+    if s.get("hook") != hook or s.get("store_hook_sha256") != store[hook].meta["sha256"]:
+        raise ValueError(f"{scores}: its nulls are of hook {s.get('hook')!r} of another store or version "
+                         f"(store_hook_sha256 differs), not of {hook!r} in {store.path}")
+    t = read_table(path)
+    return {k: np.asarray(t[k], float) for k in BANK} | {"from": str(scores.resolve())}
+
+
 def _score_dictionary(store: ActivationStore, hook: str, sae, out: Path, cfg: ScoreConfig, *, model, progress: bool,
-                      other, log, identity: dict, write_first=None) -> dict:
+                      other, log, identity: dict, write_first=None, null_bank: dict | None = None) -> dict:
     """The one scoring path of an SAE or a baseline (anything with the SAE's encode, decode, W_dec and cfg):
     features, the causal probe, the dictionary scores, then the files. ``identity``: what the summary records of the
     dictionary (``sae``, ``sae_sha256``, and for a baseline ``baseline``); ``write_first(out)``: files written into
@@ -59,7 +77,7 @@ def _score_dictionary(store: ActivationStore, hook: str, sae, out: Path, cfg: Sc
         model = store.load_model(cfg.device)
     probe = CausalProbe(model, sae, store, hook, n_images=cfg.causal_images, device=cfg.device)
     scores = score_features(tokens, sae_encoder(sae, cfg.device), sae.cfg.d_sae, cfg, probe=probe,
-                            progress=progress, concepts=store.concepts, log=log)
+                            progress=progress, concepts=store.concepts, log=log, null_bank=null_bank)
     summary = scores.summary
     summary["dictionary"] = dictionary_scores(scores, store, hook, sae, other)
     summary.update({"store": str(store.path.resolve()), "hook": hook, "sae": identity["sae"],
@@ -69,6 +87,8 @@ def _score_dictionary(store: ActivationStore, hook: str, sae, out: Path, cfg: Sc
     if write_first is not None:
         write_first(out)
     write_table(scores.table, out / "features.parquet")
+    if scores.nulls is not None:  # what later dictionaries on these tokens (baselines) are tested against
+        write_table(scores.nulls, out / "null_features.parquet")
     write_json(out / "summary.json", summary)
     write_report(scores.table, summary, store, hook, sae, out)
     return summary
@@ -98,12 +118,14 @@ def score_sae(store_path: str | Path, sae_folder: str | Path, out: str | Path, c
 
 def score_baseline(store_path: str | Path, kind: str, out: str | Path, cfg: ScoreConfig | None = None, *, hook: str,
                    n: int = 0, baseline: BaselineConfig | None = None, model=None, progress: bool = True,
-                   log=print) -> dict:
+                   log=print, nulls_from: str | Path | None = None) -> dict:
     """Fit a baseline dictionary (:mod:`~frobnolab.analysis.baselines`: ``kind`` with ``n`` components, 0: the
     kind's default; other fit options from ``baseline``) on the store's training tokens of ``hook`` and score it
     exactly as :func:`score_sae` scores an SAE, on the same held-out tokens. ``out`` gets baseline.safetensors and
     baseline.json beside the scores; the summary's ``baseline`` says what was fitted, its ``sae`` is the path of
-    baseline.safetensors and ``sae_sha256`` that file's sha256. Every input is checked before any work."""
+    baseline.safetensors and ``sae_sha256`` that file's sha256. ``nulls_from``: a scores folder of the same hook
+    whose null features the baseline is tested against (none of its own are scored then; the SAE and its baselines
+    share one null). Every input is checked before any work."""
     cfg = cfg or ScoreConfig()
     kind, n = parse_baseline(kind)[0], n or parse_baseline(kind)[1]  # "pca" with n, or "pca:N"
     if hook is None:
@@ -114,6 +136,7 @@ def score_baseline(store_path: str | Path, kind: str, out: str | Path, cfg: Scor
     bcfg = replace(baseline or BaselineConfig(), kind=kind, n=n)
     components(bcfg, store[hook].d_in, hook)
     _check_holdout(store, cfg)
+    null_bank = read_null_bank(nulls_from, store, hook) if nulls_from is not None else None
     if model is None:
         model = store.load_model(cfg.device)
     fitted = fit_baseline(store[hook], bcfg, log=log)
@@ -128,4 +151,5 @@ def score_baseline(store_path: str | Path, kind: str, out: str | Path, cfg: Scor
                                                "fit_seconds")} | {"config": m["config"]}}
     where = {"store": str(store.path.resolve())}
     return _score_dictionary(store, hook, sae, out, cfg, model=model, progress=progress, other=None, log=log,
-                             identity=identity, write_first=lambda o: save_baseline(fitted, o, where))
+                             identity=identity, write_first=lambda o: save_baseline(fitted, o, where),
+                             null_bank=null_bank)

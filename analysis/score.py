@@ -24,8 +24,10 @@ and streamed chunk by chunk; each kind of score is one part in ``frobnolab.analy
   with a bootstrap interval over held-out images for the top candidates.
 - nulls: each score is computed for random unit directions in activation space, thresholded to the firing rate of a
   real feature (matched sparsity), and for causal effects random decoder directions carrying real features'
-  activation patterns. ``*_null95`` are their 95th percentiles; a feature is a finding only above them: a
-  frobnoloid ``candidate`` has gap > max(0.2, gap_null95) and causal > causal_null95. (Random directions in an
+  activation patterns. ``*_null95`` are their 95th percentiles (pooled). Each feature's gap, named match and scene
+  R^2 also get an empirical p-value against the nulls of its own firing rate (within 2x, at least 100 of them) and
+  Benjamini-Hochberg q-values over all live features (``q_value`` for the gap, ``q_named``, ``q_scene``): a
+  frobnoloid ``candidate`` has gap > 0.2, q_value <= 0.1 and causal > causal_null95. (Random directions in an
   activation space that encodes the scene are themselves functions of the scene, so "real" is a floor on scene_r2,
   and the null that matters for frobnoloids is the gap of random mixtures, which no single name explains either.)
 """
@@ -45,8 +47,8 @@ from .scoring import nulls as N
 from .scoring.bootstrap import Bootstrap
 from .scoring.causal import CausalEffects
 from .scoring.describe import Descriptions, describe_features
-from .scoring.engine import FeatureSource, folds, sae_encoder
-from .scoring.frobnoloid import candidates, frobnoloid, has_causal_null
+from .scoring.engine import FeatureSource, folds, halves, sae_encoder
+from .scoring.frobnoloid import Frobnoloid, candidates, frobnoloid, has_causal_null
 from .scoring.moments import Moments
 from .scoring.named import NamedMatch
 from .scoring.scene import SceneExplained
@@ -66,12 +68,24 @@ class ScoreConfig:
     """Tokens per streamed chunk."""
     cache_nnz: int = 60_000_000
     """Nonzero feature activations kept in memory between the two passes (beyond it, pass 2 re-reads the store)."""
-    n_null: int = 32
-    """Random-direction null features."""
+    n_null: int = 1024
+    """Random-direction null features, each thresholded to a live feature's firing rate (the p-values' nulls)."""
+    n_causal_null: int = 32
+    """Random decoder directions ablated for the causal null (a model pass each)."""
+    null_window: float = 2.0
+    """A feature's p-value uses the nulls whose firing rate is within this factor of its own ..."""
+    null_min_matched: int = 100
+    """... or at least this many nulls nearest in firing rate."""
+    candidate_q: float = 0.1
+    """A frobnoloid candidate's gap must have a Benjamini-Hochberg q-value at most this."""
     ridge_dim: int = 384
     """Random Fourier features of the scene-explained kernel regression."""
     scene_steps: int = 1000
     """Training steps of the per-feature scene MLPs (per fold)."""
+    scene_hidden: int = 32
+    """Hidden width of each feature's scene MLP."""
+    scene_batch: int = 128
+    """Tokens per step of the scene MLPs (128: half the cost of 256 at the same planted-truth recovery)."""
     scene_tokens: int = 30_000
     """Tokens per fold the MLP trains on (and the bootstrap resamples)."""
     pair_candidates: int = 6
@@ -101,22 +115,25 @@ class ScoreConfig:
 @dataclass
 class Scores:
     """What scoring found: ``table`` (one equal-length column per score, a row per feature), ``summary`` (strict
-    JSON), and what the dictionary-level scores need: ``corr (F, G)`` correlation of every feature with every
+    JSON), its null features, and what the dictionary-level scores need: ``corr (F, G)`` correlation of every feature with every
     ground-truth column and ``image_sums`` {image: (F,) summed activations}."""
 
     table: dict
     summary: dict
     corr: np.ndarray
     image_sums: dict
+    nulls: dict | None = None
+    """This run's null features (``nulls.bank``; None when they came from an earlier run)."""
 
 
 def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=None, progress: bool = True,
-                   concepts: list[dict], log=lambda *_: None) -> Scores:
+                   concepts: list[dict], log=lambda *_: None, null_bank: dict | None = None) -> Scores:
     """Every score of every feature, for any feature source.
 
     tokens: a :class:`~frobnolab.analysis.store.Tokens` (a store's hook, or planted arrays); encode: activations ->
     features; probe: a :class:`~frobnolab.analysis.probe.Probe` (the causal probe or the planted one), or None;
-    concepts: the store manifest's concepts.
+    concepts: the store manifest's concepts; null_bank: the null features (``nulls.bank``) of an earlier run on the
+    same tokens (a baseline scored against the SAE's nulls): none of this run's own are scored then.
     """
     from tqdm.auto import tqdm
 
@@ -136,9 +153,10 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         f_s = f_s.double().numpy() if torch.is_tensor(f_s) else np.asarray(f_s, np.float64)
         rate_s, max_s = (f_s > 0).mean(0), f_s.max(0)
     del f_s
-    R = cfg.n_null
+    R = cfg.n_null if null_bank is None else 0
     U, tau, proj = N.directions(a_s, rate_s, R, rng)
-    src.set_nulls(U, tau)
+    if R:
+        src.set_nulls(U, tau)
     F = n_features + R
     scale = np.concatenate([max_s, np.maximum(proj - tau, 0).max(0)])
     present = {v.name: np.bincount(v.bins(g_s), minlength=v.n_bins) > 0 for v in variables
@@ -146,7 +164,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     targets = [(v, t) for v in variables if v.named for t in v.targets(present.get(v.name))]
 
     named = NamedMatch(variables, targets, F, scale, cfg.cache_nnz, cfg.pair_candidates)
-    scene = SceneExplained(g_s, F, cfg.ridge_dim, cfg.scene_tokens, cfg.seed)
+    scene = SceneExplained(g_s, F, cfg.ridge_dim, cfg.scene_tokens, cfg.seed, halves(tokens.images("test")))
     moments = Moments(F, g_s.shape[1])
     parts = (named, scene, moments)
 
@@ -160,7 +178,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     timings = {"pass1": round(time.time() - t0, 2)}
     log(f"pass 1: {moments.n_tok} tokens in {time.time() - t0:.1f} s")
     t1 = time.time()
-    scene_r2, ridge_r2, ridge_lam, predictors = scene.finish(cfg.scene_steps, cfg.seed, cfg.device)
+    scene_r2, ridge_r2, ridge_lam, predictors = scene.finish(cfg.scene_steps, cfg.seed, cfg.device,
+                                                                  hidden=cfg.scene_hidden, batch=cfg.scene_batch)
     timings["scene_predictors"] = round(time.time() - t1, 2)
     t1 = time.time()
     nm = named.finish(moments.corr(), lambda: src.chunks(fold_of, variables), progress, sample=scene.sample)
@@ -175,9 +194,10 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     t1 = time.time()
 
     causal = CausalEffects(probe, n_features, F)
-    causal.run(moments.f_sq, moments.mx, moments.n_tok, cfg.causal_top, a_s.shape[1], R, rng)
+    causal.run(moments.f_sq, moments.mx, moments.n_tok, cfg.causal_top, a_s.shape[1], cfg.n_causal_null, rng)
     real_f, null_f = slice(0, n_features), slice(n_features, F)
-    nulls = N.percentiles(null_f, named_best, scene_r2, nm.auroc, causal.null)
+    bank = N.bank(null_f, moments.freq, named_best, scene_r2, nm.auroc) if null_bank is None else null_bank
+    nulls = N.percentiles(bank, causal.null)
     fr = frobnoloid(scene_r2, named_best, causal.effect, nulls["causal"], cfg.scene_floor)
     if probe is not None:  # the leading candidates get exact ablations, then their scores are recomputed
         causal.measure([j for j in np.argsort(-fr.frob[:n_features])[: cfg.bootstrap_top] if fr.frob[j] > 0])
@@ -193,7 +213,20 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
                                       np.random.default_rng([cfg.seed, 1]), cfg.understood_shuffles)
     timings["understood"] = round(time.time() - t1, 2)
     t1 = time.time()
-    candidate = candidates(fr, effect, nulls["gap"], nulls["causal"], cfg.candidate_gap)
+    # p-values against the nulls of each feature's own firing rate; BH over every live feature
+    alive = moments.nnz[real_f] > 0
+    rate = moments.freq
+    tests = {}
+    for name, stat, bank_key in (("gap", fr.gap, "gap"), ("named", named_best, "named_best"),
+                                 ("scene", scene_r2, "scene_r2")):
+        p, n_matched = N.matched_p_values(stat[real_f], rate[real_f], bank[bank_key], bank["rate"],
+                                          cfg.null_window, cfg.null_min_matched)
+        p[~alive] = np.nan
+        tests[name] = (p, N.benjamini_hochberg(p), n_matched)
+    q_value = tests["gap"][1]
+    candidate = np.zeros(F, bool)
+    candidate[real_f] = candidates(Frobnoloid(*(x[real_f] for x in (fr.frob, fr.gap, fr.importance, fr.real))),
+                                   effect[real_f], q_value, nulls["causal"], cfg.candidate_gap, cfg.candidate_q)
     has_null = has_causal_null(nulls["causal"])
 
     auroc = nm.auroc
@@ -218,6 +251,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "beats_null_gap": fr.gap[real_f] > nulls["gap"],
         "beats_null_causal": (effect[real_f] > nulls["causal"]) if has_null else np.zeros(n_features, bool),
         "frob_hi": np.full(n_features, np.nan), "candidate": candidate[real_f],
+        "p_gap": tests["gap"][0], "q_value": q_value, "q_named": tests["named"][1], "q_scene": tests["scene"][1],
+        "null_matched": tests["gap"][2],
         "beats_null_named": named_best[real_f] > nulls["named_r2"],
         "beats_null_scene": scene_r2[real_f] > nulls["scene_r2"],
     }
@@ -253,14 +288,19 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     summary = {
         "tokens": int(moments.n_tok), "features": int(n_features), "alive": int((moments.nnz[real_f] > 0).sum()),
         "variables": [{"name": v.name, "kind": v.kind, "named": v.named} for v in variables],
-        "nulls95": nulls, "n_null": R, "ridge_lambda": ridge_lam, "config": asdict(cfg),
+        "nulls95": nulls, "n_null": len(bank["rate"]), "nulls_from": "this run" if null_bank is None
+        else null_bank.get("from", "given"), "ridge_lambda": ridge_lam, "config": asdict(cfg),
+        "fdr": {"q_level": cfg.candidate_q, "tested": int(alive.sum()),
+                "null_matched_median": float(np.median(tests["gap"][2][alive])) if alive.any() else 0.0,
+                **{f"discoveries_{k}": int(np.sum(np.nan_to_num(v[1], nan=1) <= cfg.candidate_q))
+                   for k, v in tests.items()}},
         "seconds": round(time.time() - t0, 2), "timings": timings,
         "candidates": int(table["candidate"].sum()), "heldout_recovery": recovery, "bootstrap_check": bootstrap_check,
         "understood": understood,
         "single_r2": {variables[k].name: nm.single_r2[k, real_f].tolist() for k in range(len(variables))},
     }
     img_sums = {im: v[:n_features] for im, v in moments.img_sum.items()}
-    return Scores(table, summary, moments.corr(real_f), img_sums)
+    return Scores(table, summary, moments.corr(real_f), img_sums, bank if null_bank is None else None)
 
 
 def _predictors(desc, nm, variables, scene_predictors, moments, n_features: int) -> dict:

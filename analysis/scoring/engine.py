@@ -83,6 +83,15 @@ def folds(images: np.ndarray) -> np.ndarray:
     return fold
 
 
+def halves(images: np.ndarray) -> np.ndarray:
+    """Half of its fold of each held-out image, indexed by image (inner validation inside a fold: every second
+    image of each fold by rank)."""
+    uniq = np.unique(images)
+    half = np.zeros(int(uniq.max()) + 1 if len(uniq) else 1, np.int64)
+    half[uniq[(np.arange(len(uniq)) // 2) % 2 == 1]] = 1
+    return half
+
+
 @dataclass
 class Chunk:
     """One chunk of held-out tokens: features ``f (n, F)`` (sparse; nulls last), activations, ground truth

@@ -7,8 +7,9 @@
     real       = scene_r2 > scene_floor
     frob       = gap * importance * real
 
-A frobnoloid *candidate* is real, has gap > max(candidate_gap, gap_null95), and (with a causal null) an effect above
-the causal null's 95th percentile.
+A frobnoloid *candidate* is real, has gap > candidate_gap, a q-value of its gap at most candidate_q (Benjamini-
+Hochberg over every live feature, each feature's p-value against the random directions of its own firing rate:
+``nulls.matched_p_values``), and (with a causal null) an effect above the causal null's 95th percentile.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def frobnoloid(scene_r2, named_best, effect, causal_null95, scene_floor: float) 
     return Frobnoloid(g * imp * real, g, imp, real)
 
 
-def candidates(fr: Frobnoloid, effect, gap_null95: float, causal_null95: float, candidate_gap: float) -> np.ndarray:
-    """The candidate rule of the module docstring."""
+def candidates(fr: Frobnoloid, effect, q_value, causal_null95: float, candidate_gap: float,
+               candidate_q: float) -> np.ndarray:
+    """The candidate rule of the module docstring (a NaN q-value, an untested feature, is never a candidate)."""
     beats = (np.asarray(effect, float) > causal_null95) if has_causal_null(causal_null95) else True
-    return fr.real & (fr.gap > max(candidate_gap, gap_null95)) & beats
+    return fr.real & (fr.gap > candidate_gap) & (np.nan_to_num(np.asarray(q_value, float), nan=1.0) <= candidate_q) \
+        & beats

@@ -17,12 +17,17 @@ from .frobnoloid import gap
 
 
 def directions(acts_Nd: np.ndarray, freq_F: np.ndarray, n: int, rng: np.random.Generator):
-    """``n`` null directions ``U (d, n)``, thresholds ``tau (n,)`` and their projections of the sample."""
+    """``n`` null directions ``U (d, n)``, thresholds ``tau (n,)`` and their projections of the sample.
+
+    Firing rates: half are live features' rates (the features' own p-values need nulls there), half log-uniform
+    between 1e-3 and 0.9, so that a dictionary scored later against these nulls (a baseline: dense units, PCA)
+    finds nulls of its own rates too."""
     alive = np.flatnonzero(freq_F > 0)
     U = rng.normal(size=(acts_Nd.shape[1], n))
     U /= np.linalg.norm(U, axis=0, keepdims=True)
     proj = acts_Nd @ U
-    rates = freq_F[rng.choice(alive, n)] if len(alive) else np.full(n, 0.05)
+    spread = np.exp(rng.uniform(np.log(1e-3), np.log(0.9), n))
+    rates = np.where(rng.random(n) < 0.5, freq_F[rng.choice(alive, n)], spread) if len(alive) else spread
     tau = np.array([np.quantile(proj[:, r], 1 - rates[r]) for r in range(n)])
     return U, tau, proj
 
@@ -33,10 +38,58 @@ def q95(x) -> float:
     return float(np.quantile(x, 0.95)) if len(x) else float("nan")
 
 
-def percentiles(null_f: slice, named_best, scene_r2, auroc, causal_null) -> dict:
-    """95th percentiles over the null features ``null_f`` of the named match, scene R^2, gap and AUROC, and of
+BANK = ("rate", "named_best", "scene_r2", "gap", "auroc")
+"""What is kept of every null feature (``null_features.parquet``): its firing rate and its scores."""
+
+
+def bank(null_f: slice, rate, named_best, scene_r2, auroc) -> dict:
+    """The null features ``null_f``'s :data:`BANK` columns."""
+    return {"rate": np.asarray(rate[null_f], float), "named_best": np.asarray(named_best[null_f], float),
+            "scene_r2": np.asarray(scene_r2[null_f], float), "gap": gap(scene_r2[null_f], named_best[null_f]),
+            "auroc": auroc[:, null_f].max(0) if len(auroc) else np.full(null_f.stop - null_f.start, np.nan)}
+
+
+def percentiles(nulls: dict, causal_null) -> dict:
+    """95th percentiles over a null bank (:func:`bank`) of the named match, scene R^2, gap and AUROC, and of
     |effect| of the causal null."""
-    return {"named_r2": q95(named_best[null_f]), "scene_r2": q95(scene_r2[null_f]),
+    return {"named_r2": q95(nulls["named_best"]), "scene_r2": q95(nulls["scene_r2"]),
             "causal": q95(np.abs(causal_null)) if len(causal_null) else float("nan"),
-            "gap": q95(gap(scene_r2[null_f], named_best[null_f])),
-            "auroc": q95(auroc[:, null_f].max(0)) if len(auroc) else float("nan")}
+            "gap": q95(nulls["gap"]), "auroc": q95(nulls["auroc"])}
+
+
+def matched_p_values(stat_F, rate_F, null_stat_R, null_rate_R, window: float = 2.0, min_matched: int = 100):
+    """Empirical p-values of ``stat_F`` against the nulls of a matching firing rate, and how many nulls each used.
+
+    A feature's nulls are those whose firing rate is within a factor ``window`` of its own (dense random directions
+    have larger gaps than sparse ones, so a pooled null is wrong at both ends), widened to the ``min_matched``
+    nearest in log rate where the window holds fewer. ``p = (1 + #{null >= stat}) / (1 + n)``: never 0, and exact
+    for a feature exchangeable with its nulls. NaN where the statistic is NaN or no null is finite.
+    """
+    stat = np.asarray(stat_F, float)
+    ok = np.isfinite(np.asarray(null_stat_R, float))
+    ns, nr = np.asarray(null_stat_R, float)[ok], np.log(np.maximum(np.asarray(null_rate_R, float)[ok], 1e-12))
+    p, n = np.full(len(stat), np.nan), np.zeros(len(stat), int)
+    if not len(ns):
+        return p, n
+    d = np.abs(np.log(np.maximum(np.asarray(rate_F, float), 1e-12))[:, None] - nr[None])  # (F, R)
+    k = min(min_matched, len(ns))
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]  # the distance that takes in the k nearest
+    sel = d <= np.maximum(np.log(window), kth)
+    n = sel.sum(1)
+    p = (1 + (sel & (ns[None] >= stat[:, None])).sum(1)) / (1 + n)
+    return np.where(np.isfinite(stat), p, np.nan), n
+
+
+def benjamini_hochberg(p) -> np.ndarray:
+    """Benjamini-Hochberg q-values of the finite p-values (NaN stays NaN): the smallest false-discovery rate at
+    which each test is a discovery, over all the tests given."""
+    p = np.asarray(p, float)
+    q = np.full(len(p), np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    if not len(idx):
+        return q
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = len(order)
+    adj = p[order] * m / np.arange(1, m + 1)
+    q[order] = np.minimum(np.minimum.accumulate(adj[::-1])[::-1], 1.0)
+    return q

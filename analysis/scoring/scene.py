@@ -148,7 +148,7 @@ def r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarr
 
 
 def scene_r2_mlp(sample: FoldSample, steps: int = 1000, hidden: int = 32, seed: int = 0, device: str = "cpu",
-                 fit: np.ndarray | None = None):
+                 fit: np.ndarray | None = None, batch: int = 256):
     """Cross-validated R^2 ``(F,)`` and the predictors {evaluated fold b: predict fitted on the other fold}; each
     predictor's ``held_out`` is its prediction of fold b's sample (the bootstrap reuses it)."""
     if min(sample.n.values()) < 10:
@@ -158,7 +158,8 @@ def scene_r2_mlp(sample: FoldSample, steps: int = 1000, hidden: int = 32, seed: 
         ga, fa, _ = sample.arrays(a)
         gb, fb, _ = sample.arrays(b)
         fires = fa.getnnz(0) > 0  # a feature silent on the fold has nothing to fit (dead ones: most of a wide SAE)
-        predictors[b] = _fit(ga, fa, steps, hidden, seed, device, fires if fit is None else fires & fit)
+        predictors[b] = _fit(ga, fa, steps, hidden, seed, device, fires if fit is None else fires & fit,
+                             batch=batch)
         pred = predictors[b](gb)
         predictors[b].held_out = pred  # its predictions of fold b's sample, kept for the bootstrap
         out.append(r2(fb.toarray(), pred))
@@ -172,18 +173,22 @@ def scene_r2_mlp(sample: FoldSample, steps: int = 1000, hidden: int = 32, seed: 
 class SceneExplained:
     """The part: ridge sums over every chunk, a per-fold token sample for the MLP."""
 
-    def __init__(self, sample_gt: np.ndarray, n_features: int, ridge_dim: int, sample_tokens: int, seed: int):
+    def __init__(self, sample_gt: np.ndarray, n_features: int, ridge_dim: int, sample_tokens: int, seed: int,
+                 half_of: np.ndarray | None = None):
+        """``half_of``: image -> half of its fold (``engine.halves``), where the ridge chooses its penalties."""
         self.ridge = RidgeStats(sample_gt.mean(0), sample_gt.std(0), n_features, dim=ridge_dim, seed=seed)
         self.sample = FoldSample(sample_tokens)
+        self.half_of = half_of
 
     def add(self, c):
-        self.ridge.add(c.f, c.gt, c.fold)
+        self.ridge.add(c.f, c.gt, c.fold, half_N=None if self.half_of is None else self.half_of[c.where[:, 0]])
         self.sample.add(c.f, c.gt, c.fold, c.where[:, 0])
 
-    def finish(self, steps: int, seed: int, device: str, fit: np.ndarray | None = None):
+    def finish(self, steps: int, seed: int, device: str, fit: np.ndarray | None = None, hidden: int = 32,
+               batch: int = 256):
         """(scene_r2, ridge_r2, chosen ridge penalty, MLP predictors) of every feature; the MLPs only for ``fit``
         (bool ``(F,)``, None: all)."""
         ridge_r2, lam = self.ridge.r2_cv()
-        mlp_r2, predictors = scene_r2_mlp(self.sample, steps, seed=seed, device=device, fit=fit)
+        mlp_r2, predictors = scene_r2_mlp(self.sample, steps, hidden, seed=seed, device=device, fit=fit, batch=batch)
         scene = ridge_r2 if mlp_r2 is None else np.fmax(ridge_r2, mlp_r2)
         return scene, ridge_r2, lam, predictors

@@ -105,8 +105,10 @@ class DetectionStats:
 
 
 class RidgeStats:
-    """Random Fourier features of the standardised ground truth, ``phi (N, D+1)``, and fold sums
-    ``phi^T phi`` and ``phi^T f``: the cross-validated R^2 of a kernel ridge regression for every feature."""
+    """Random Fourier features of the standardised ground truth, ``phi (N, D+1)``, and sums ``phi^T phi`` and
+    ``phi^T f`` per (fold, half of the fold): the cross-validated R^2 of a kernel ridge regression for every feature,
+    each feature's penalty chosen inside the fitting fold (fit on one half, score on the other), so the evaluation
+    fold never picks it."""
 
     def __init__(self, mean_G: np.ndarray, std_G: np.ndarray, n_features: int, dim: int = 384,
                  bandwidth: float = 1.0, seed: int = 0):
@@ -117,55 +119,85 @@ class RidgeStats:
         self.omega = rng.normal(0, 1.0 / (bandwidth * np.sqrt(g)), size=(g, dim))
         self.beta = rng.uniform(0, 2 * np.pi, size=dim)
         self.D, self.F = dim + 1, n_features
-        self.A = np.zeros((2, self.D, self.D))
-        self.Bm = np.zeros((2, self.D, n_features))
-        self.s2 = np.zeros((2, n_features))
-        self.s1 = np.zeros((2, n_features))
-        self.n = np.zeros(2)
+        self.A = np.zeros((2, 2, self.D, self.D))  # (fold, half, D, D)
+        self.Bm = np.zeros((2, 2, self.D, n_features))
+        self.s2 = np.zeros((2, 2, n_features))
+        self.s1 = np.zeros((2, 2, n_features))
+        self.n = np.zeros((2, 2))
 
     def phi(self, gt_NG: np.ndarray) -> np.ndarray:
         z = (np.nan_to_num(gt_NG, nan=0.0) - self.mean) / self.std
         p = np.cos(z @ self.omega + self.beta) * np.sqrt(2.0 / (self.D - 1))
         return np.concatenate([p, np.ones((len(z), 1))], 1)
 
-    def add(self, f, gt_NG: np.ndarray, fold_N: np.ndarray, w_N: np.ndarray | None = None):
+    def add(self, f, gt_NG: np.ndarray, fold_N: np.ndarray, w_N: np.ndarray | None = None,
+            half_N: np.ndarray | None = None):
+        """``half_N``: each token's half of its fold (by image; None: all in half 0, so no penalty can be chosen
+        inside a fold and the first of the penalties is used)."""
         f = as_csr(f)
         p = self.phi(gt_NG)
-        for k in (0, 1):
-            sel = np.flatnonzero(fold_N == k)
+        cell = 2 * fold_N + (0 if half_N is None else half_N)
+        for k in range(4):
+            sel = np.flatnonzero(cell == k)
             if not len(sel):
                 continue
+            i, h = divmod(k, 2)
             whole = len(sel) == len(p)
             pk = p if whole else p[sel]
             fk = f if whole else f[sel]
             if w_N is None:  # unit weights: phi^T phi as a symmetric rank-k update (numpy's syrk), no weighting
-                self.A[k] += pk.T @ pk
+                self.A[i, h] += pk.T @ pk
                 fw = fk.astype(np.float64)  # sums in float64, as with weights
-                self.n[k] += len(sel)
-                self.s2[k] += np.asarray(fk.multiply(fk).T @ np.ones(len(sel))).ravel()
+                self.n[i, h] += len(sel)
+                self.s2[i, h] += np.asarray(fk.multiply(fk).T @ np.ones(len(sel))).ravel()
             else:
                 wk = w_N[sel]
-                self.A[k] += (pk * wk[:, None]).T @ pk
+                self.A[i, h] += (pk * wk[:, None]).T @ pk
                 fw = sp.diags(wk) @ fk
-                self.n[k] += wk.sum()
-                self.s2[k] += np.asarray(fk.multiply(fk).T @ wk).ravel()
-            self.Bm[k] += (fw.T @ pk).T
-            self.s1[k] += np.asarray(fw.sum(0)).ravel()
+                self.n[i, h] += wk.sum()
+                self.s2[i, h] += np.asarray(fk.multiply(fk).T @ wk).ravel()
+            self.Bm[i, h] += (fw.T @ pk).T
+            self.s1[i, h] += np.asarray(fw.sum(0)).ravel()
+
+    @staticmethod
+    def _r2(W, A, Bm, s2, s1, n):
+        sse = s2 - 2 * (W * Bm).sum(0) + (W * (A @ W)).sum(0)
+        sst = s2 - s1 ** 2 / max(n, 1e-12)
+        ok = sst > 1e-12
+        return np.where(ok, 1 - sse / np.where(ok, sst, 1), np.nan)
+
+    def _solve(self, A, Bm, lam):
+        return np.linalg.solve(A + lam * np.trace(A) / self.D * np.eye(self.D), Bm)  # (D, F)
 
     def r2_cv(self, lambdas=(1e-4, 1e-3, 1e-2, 1e-1)) -> tuple[np.ndarray, float]:
-        """Cross-validated R^2 ``(F,)`` for the ridge penalty (relative to the mean eigenvalue) that maximises
-        the mean over features; returns (r2, chosen penalty)."""
-        best, best_lam = None, None
-        for lam in lambdas:
-            tot = np.zeros(self.F)
-            for a, b in ((0, 1), (1, 0)):
-                reg = lam * np.trace(self.A[a]) / self.D
-                W = np.linalg.solve(self.A[a] + reg * np.eye(self.D), self.Bm[a])  # (D, F)
-                sse = self.s2[b] - 2 * (W * self.Bm[b]).sum(0) + (W * (self.A[b] @ W)).sum(0)
-                sst = self.s2[b] - self.s1[b] ** 2 / max(self.n[b], 1e-12)
-                tot += np.where(sst > 1e-12, 1 - sse / np.where(sst > 1e-12, sst, 1), np.nan)
-            r2 = np.clip(tot / 2, -1, 1)
-            score = np.nanmean(r2) if np.isfinite(r2).any() else -np.inf
-            if best is None or score > np.nanmean(best):
-                best, best_lam = r2, lam
-        return best, best_lam
+        """Cross-validated R^2 ``(F,)``: for each direction (fit fold a, evaluate fold b) every feature's penalty
+        (relative to the mean eigenvalue) is the one that scores best between the halves of fold a; returns
+        (r2, the median chosen penalty)."""
+        L = len(lambdas)
+        tot, valid, chosen = np.zeros(self.F), np.zeros(self.F), []
+        self.chosen = {}  # fitting fold -> (F,) penalties chosen inside it
+        for a, b in ((0, 1), (1, 0)):
+            inner = np.zeros((L, self.F))
+            for h in (0, 1):
+                if self.n[a, h] == 0 or self.n[a, 1 - h] == 0:
+                    continue
+                for li, lam in enumerate(lambdas):
+                    W = self._solve(self.A[a, h], self.Bm[a, h], lam)
+                    inner[li] += np.nan_to_num(self._r2(W, self.A[a, 1 - h], self.Bm[a, 1 - h], self.s2[a, 1 - h],
+                                                        self.s1[a, 1 - h], self.n[a, 1 - h]), nan=-np.inf)
+            pick = inner.argmax(0)  # ties (no inner score: every penalty -inf or 0) take the first
+            chosen.append(np.asarray(lambdas)[pick])
+            self.chosen[a] = chosen[-1]
+            A, Bm = self.A[a].sum(0), self.Bm[a].sum(0)
+            W = np.zeros((self.D, self.F))
+            for li, lam in enumerate(lambdas):
+                cols = np.flatnonzero(pick == li)
+                if len(cols):
+                    W[:, cols] = self._solve(A, Bm[:, cols], lam)
+            r = self._r2(W, self.A[b].sum(0), self.Bm[b].sum(0), self.s2[b].sum(0), self.s1[b].sum(0),
+                         self.n[b].sum())
+            tot += np.nan_to_num(r)
+            valid += np.isfinite(r)
+        with np.errstate(invalid="ignore"):
+            r2 = np.clip(np.where(valid > 0, tot / np.maximum(valid, 1), np.nan), -1, 1)
+        return r2, float(np.median(np.concatenate(chosen)))

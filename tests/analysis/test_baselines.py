@@ -104,3 +104,28 @@ def test_bad_baseline_input_is_one_line(store, tmp_path, capsys, argv, names):
     assert main(["score", str(store)] + argv + ["--out", str(out), "--quiet"]) == 2
     _one_line_naming(capsys, *names)
     assert not out.exists()
+
+
+def test_a_baseline_is_tested_against_the_nulls_of_an_earlier_scoring(store, tmp_path, tiny_run):
+    from frobnolab.analysis.run import score_baseline
+    from frobnolab.analysis.score import ScoreConfig, read_table
+
+    cfg = ScoreConfig(n_null=24, bootstrap=0, causal_top=4, causal_images=2, scene_steps=50)
+    first = tmp_path / "units"
+    score_baseline(store, "units", first, cfg, hook="enc0", progress=False, log=lambda *_: None)
+    bank = read_table(first / "null_features.parquet")
+    assert len(bank["rate"]) == 24 and np.isfinite(bank["gap"]).all()
+    s = score_baseline(store, "pca", tmp_path / "pca", cfg, hook="enc0", progress=False, log=lambda *_: None,
+                       nulls_from=first)
+    # none of its own nulls: the percentiles and p-values are the bank's
+    assert s["nulls_from"] == str(first.resolve()) and s["n_null"] == 24
+    assert not (tmp_path / "pca" / "null_features.parquet").exists()
+    assert s["nulls95"]["gap"] == pytest.approx(np.quantile(bank["gap"], 0.95))
+    t = read_table(tmp_path / "pca" / "features.parquet")
+    alive = np.asarray(t["freq"]) > 0
+    p = np.asarray(t["p_gap"], float)
+    assert np.isfinite(p[alive]).all() and (p[alive] >= 1 / 25).all() and np.isnan(p[~alive]).all()
+    # nulls of another store's hook are refused, naming the folder
+    with pytest.raises(ValueError, match="units"):
+        score_baseline(tiny_run / "store", "pca", tmp_path / "x", cfg, hook="enc0", progress=False,
+                       log=lambda *_: None, nulls_from=first)

@@ -28,14 +28,21 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     # the autoencoder's stages were up to date in the copy, except the extraction: a store's key holds the dataset's
     # absolute path, which the copy changed
     assert set(made) - set(done["skipped"]) == {"extract"}
-    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "gallery",
-                           "extract-taesd",
+    assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "baselines",
+                           "gallery", "extract-taesd",
                            "train-sae-taesd", "score-taesd", "gallery-taesd"}
     for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
               "taesd-sae/sae/sae_weights.safetensors", "scores/features.parquet", "scores/report.md",
               "taesd-scores/summary.json", "gallery/index.html", "taesd-gallery/index.html",
-              "scores/random_model_null.json"):
+              "scores/random_model_null.json", "scores/baselines.json", "scores/null_features.parquet"):
         assert (run / f).exists(), f
+    # the SAE beside its baselines, through the same scorer against the same nulls, with the layer's ceiling
+    cmp = json.loads((run / "scores" / "baselines.json").read_text())
+    assert [r["dictionary"] for r in cmp["dictionaries"]] == ["sae", "units"]
+    assert cmp["dictionaries"][1]["nulls_from"] == str((run / "scores").resolve())
+    assert set(cmp["ceiling"]) >= {"depth", "albedo", "luminance"} and "depth" in cmp["concepts"]
+    report = (run / "scores" / "report.md").read_text()
+    assert report.count("## Baselines") == 1 and "| units | 16 (" in report, report[-2000:]
     null = json.loads((run / "scores" / "random_model_null.json").read_text())
     assert set(null) >= {"named_best", "scene_r2", "frob"} and 0 <= null["scene_r2"]["share_of_real_features_above"] <= 1
     ev = json.loads((run / "sae" / "training.json").read_text())["evaluation"]

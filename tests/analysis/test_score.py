@@ -56,10 +56,35 @@ def test_ridge_r2_finds_smooth_functions_and_not_noise():
     g = rng.normal(size=(n, 5))
     fold = rng.integers(2, size=n)
     f = np.stack([np.maximum(np.sin(g[:, 0]) + 0.5 * g[:, 1], 0), rng.exponential(size=n)], 1)
+    half = rng.integers(2, size=n)
     rs = RidgeStats(g.mean(0), g.std(0), 2, dim=256, bandwidth=0.5)
-    rs.add(f, g, fold)
+    rs.add(f, g, fold, half_N=half)
     r2, _ = rs.r2_cv()
     assert r2[0] > 0.7 and abs(r2[1]) < 0.05
+
+
+def test_ridge_penalty_is_chosen_inside_the_fitting_fold():
+    rng = np.random.default_rng(3)
+    n = 6000
+    g = rng.normal(size=(n, 3))
+    fold, half = rng.integers(2, size=n), rng.integers(2, size=n)
+    # a sharp function (wants a small penalty) and a weak one in noise (wants a large one)
+    f = np.stack([np.sin(3 * g[:, 0]) + 1.5, 0.05 * g[:, 1] + rng.normal(size=n) + 3], 1)
+
+    def chosen(f):
+        rs = RidgeStats(g.mean(0), g.std(0), 2, dim=256, bandwidth=0.3)
+        rs.add(f, g, fold, half_N=half)
+        r2 = rs.r2_cv(lambdas=(1e-6, 1e-3, 1e-1, 10.0))[0]
+        return rs.chosen, r2
+
+    c, r2 = chosen(f)
+    assert c[0][0] < c[0][1] and c[1][0] < c[1][1]  # each feature its own penalty
+    # fold 1 scrambled: what fold 0 chose for its fit does not move (fold 1 only evaluates it), fold 1's own does
+    g1 = f.copy()
+    g1[fold == 1] = rng.permutation(g1[fold == 1])
+    c1, r2_1 = chosen(g1)
+    np.testing.assert_array_equal(c1[0], c[0])
+    assert r2_1[0] < r2[0] - 0.3
 
 
 @pytest.fixture(scope="module")
