@@ -190,7 +190,8 @@ class PlantedProbe:
     def ablate(self, features, direction=None):
         losses = []
         for j in features:
-            coef = self.w[j] if direction is None else float(direction[j].numpy() @ self.w)
+            # a direction's channels beyond the units' (validate_scorer's width) are read by nothing
+            coef = self.w[j] if direction is None else float(direction[j].numpy()[: len(self.w)] @ self.w)
             losses.append(self._per_image((self.u[:, j] * coef) ** 2))
         return np.array(losses), np.zeros((len(features), len(self.images), 1))
 
@@ -209,10 +210,15 @@ class PlantedProbe:
 
 
 def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cfg: ScoreConfig | None = None,
-                    progress: bool = True, seed: int = 0, units=planted_units) -> dict:
+                    progress: bool = True, seed: int = 0, units=planted_units, width: int = 1) -> dict:
     """Run the planted validation on a dataset; writes ``OUT/validation.json``; returns it (``passed`` inside).
     ``units``: ``(gt, columns, rng) -> (units, spec)``, :func:`planted_units` (the validation) or another set such
-    as :func:`vocabulary_units` (its ``passed`` then reads only the units it has)."""
+    as :func:`vocabulary_units` (its ``passed`` then reads only the units it has). ``width``: the planted layer has
+    ``width`` times as many channels as units, the units on the first ones and nothing on the rest (nothing reads
+    them either), so a random direction carries ``1 / width`` of the readout a unit does on average (with width 1
+    a random direction's readout is as large as a unit's)."""
+    if width < 1:
+        raise ValueError(f"width must be at least 1, got {width}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = ActivationStore(extract(ExtractConfig(model="pool-probe", dataset=str(dataset), seed=seed),
@@ -225,12 +231,14 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
     units, spec = units(gt, columns, rng)
     bounds = np.concatenate([[0], np.cumsum(tok.meta["chunk_tokens"])])
     split = lambda a: [a[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]  # noqa: E731
-    tokens = ArrayTokens("planted", split(units), split(gt.astype(np.float32)), split(where), columns,
+    P = units.shape[1]
+    acts = units if width == 1 else np.pad(units, ((0, 0), (0, (width - 1) * P)))
+    tokens = ArrayTokens("planted", split(acts), split(gt.astype(np.float32)), split(where), columns,
                          tok.holdout_every)
     held = tok.held_out(where[:, 0])
     probe = PlantedProbe(units[held], np.array([s["weight"] for s in spec]), where[held, 0], gt[held])
     cfg = cfg or ScoreConfig(n_null=32, bootstrap=20, seed=seed)
-    scores = score_features(tokens, lambda a: a, units.shape[1], cfg, probe=probe, progress=progress,
+    scores = score_features(tokens, lambda a: a[:, :P], P, cfg, probe=probe, progress=progress,
                             concepts=store.concepts)
     table, summary = scores.table, scores.summary
     rows, attributable, correct = [], 0, 0
@@ -254,6 +262,8 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
                      "description": str(table["description"][j]),
                      "description_r2": float(table["description_r2"][j]),
                      "causal": float(table["causal"][j]), "frob": float(table["frob"][j]),
+                     "gap": float(table["gap"][j]), "candidate": bool(table["candidate"][j]),
+                     "q_value": float(table["q_value"][j]) if "q_value" in table else None,
                      "frob_rank": order.index(j) + 1, "ok": ok})
     nameless = next((r for r in rows if r["kind"] == "nameless"), None)
     noise_ok = all(r["ok"] for r in rows if r["kind"] == "noise")

@@ -219,6 +219,8 @@ def _cmd_validate_scorer(args) -> int:
 
     data = args.dataset or render_dataset(RenderConfig("clutter", n=args.n, size=64, seed=args.seed),
                                           Path(args.out) / "render", progress=not args.quiet)
+    if args.benchmark:
+        return _benchmark_lines(data, args)
     r = validate_scorer(data, args.out, progress=not args.quiet, seed=args.seed)
     for u in r["units"]:
         mark = {True: "ok  ", False: "FAIL", None: "    "}[u["ok"]]
@@ -228,6 +230,27 @@ def _cmd_validate_scorer(args) -> int:
     print(f"attributed {r['attributed']}/{r['attributable']} ({r['attribution_rate']:.0%}); nameless unit ranked "
           f"{r['nameless_rank']}; noise at null: {r['noise_at_null']}  ->  {'PASSED' if r['passed'] else 'FAILED'}")
     return 0 if r["passed"] else 1
+
+
+def _benchmark_lines(data, args) -> int:
+    """``validate-scorer --benchmark``: the planted grammar benchmark (analysis/planted_grammar.py), one line per
+    rule and the pooled figures; exit 0 whatever they are (a measurement: benchmark.json's meets_bar says whether
+    the issue's bar holds)."""
+    from pathlib import Path
+
+    from frobnolab.analysis.planted_grammar import benchmark
+
+    r = benchmark(data, args.out, args.seeds, progress=not args.quiet)
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    for rule, f in r["pooled"]["by_rule"].items():
+        print(f"{rule:13s} units {f['units']:3d}  attributed {pct(f['attribution']):>4s}  nameless recall "
+              f"{pct(f['nameless_recall']):>4s}  flagged {f['candidates']:3d}  noise flagged {f['noise_flagged']}")
+    p = r["pooled"]
+    print(f"seeds {','.join(map(str, r['seeds']))}: named attribution {pct(p['attribution'])}, nameless recall "
+          f"{pct(p['nameless_recall'])}, precision {pct(p['precision'])}, noise flagged {p['noise_flagged']}  ->  "
+          f"{'meets' if r['meets_bar'] else 'misses'} the bar (95%, 90%, 80%, 0); nameless missed for: "
+          f"{', '.join(f'{k} {v}' for k, v in p['missed_because'].items())}; {Path(args.out) / 'benchmark.json'}")
+    return 0
 
 
 def _cmd_gallery(args) -> int:
@@ -546,12 +569,18 @@ def _score_options(t):
 @_command("validate-scorer", "run the scorer on planted truth and check it recovers it")
 def _validate_scorer_options(t):
     from frobnolab.analysis.planted import validate_scorer
+    from frobnolab.analysis.planted_grammar import DEV_SEEDS, REPORT_SEEDS
 
     t.add_argument("--out", required=True, help="folder for the tokens and validation.json")
     t.add_argument("--dataset", help="dataset folder to plant units on (default: render clutter)")
     t.add_argument("--n", type=int, default=160, help="images to render when no dataset is given")
     t.add_argument("--seed", type=int, default=default(validate_scorer, "seed"),
                    help="seed of the render and the units")
+    t.add_argument("--benchmark", action="store_true",
+                   help="run the planted grammar benchmark (units drawn at random, many seeds) instead; exits 0")
+    t.add_argument("--seeds", type=_ints, default=REPORT_SEEDS,
+                   help=f"the benchmark's seeds of the units (default: the report seeds; developed on "
+                        f"{','.join(map(str, DEV_SEEDS))})")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_validate_scorer)
 
