@@ -272,7 +272,7 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
         "attribution_rate": correct / max(attributable, 1),
         "nameless_rank": nameless["frob_rank"] if nameless else None, "noise_at_null": noise_ok, "nulls95": nulls,
         "tokens": summary["tokens"], "bootstrap_check": summary["bootstrap_check"],
-        "understood": summary["understood"],
+        "understood": summary["understood"], "timings": summary["timings"], "fdr": summary["fdr"],
     }
     res["passed"] = bool(res["attribution_rate"] >= 0.95 and (nameless is None or res["nameless_rank"] == 1)
                          and noise_ok)

@@ -252,6 +252,11 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
                      f"{'yes' if table['candidate'][j] else 'no'} |")
     if not top:
         lines.append("| (none beat the nulls) | | | | | | | | |")
+    widths = [table["frob_hi"][j] - table["frob_lo"][j] for j in top if np.isfinite(table["frob_lo"][j])]
+    if widths:
+        lines += ["", f"90% intervals: {summary['config']['bootstrap']} bootstrap resamples of the held-out images "
+                  f"(the predictors are not refitted, so the intervals leave their own variance out); widths "
+                  f"{min(widths):.3f} to {max(widths):.3f}, median {float(np.median(widths)):.3f}."]
     if top:
         lines += ["", "What they compute (the best short formula of the named ground truth, cross-validated R2):", ""]
         lines += [f"- feature {j}: `{table['description'][j]}` (R2 {table['description_r2'][j]:.3f})" for j in top]

@@ -272,7 +272,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     top = np.argsort(-table["frob"])[: cfg.bootstrap_top]
     top = top[table["frob"][top] > 0]
     if len(top) and cfg.bootstrap:
-        boot = Bootstrap(scene.sample, predictors, top, variables, nm.pair_best, causal, nulls["causal"], ridge_r2,
+        pairs = nm.pair_fold if nm.pair_fold is not None else nm.pair_best
+        boot = Bootstrap(scene.sample, predictors, top, variables, pairs, causal, nulls["causal"], ridge_r2,
                          cfg.scene_floor, desc)
         table["frob_lo"][top], table["frob_hi"][top] = boot.intervals(cfg.bootstrap, rng)
         # the same formula: with every image weighted once the bootstrap's statistic is the point estimate again

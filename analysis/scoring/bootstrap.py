@@ -1,7 +1,7 @@
 """Bootstrap intervals of the frobnoloid score over resampled held-out images.
 
 Each resample reweights the scoring sample's tokens by their image's multiplicity and recomputes the named matches
-(single, the chosen pair and the description's R^2 of its fixed cross-fitted predictions), the scene R^2 of the fixed out-of-fold predictions (per fold, averaged, as the point
+(single, each fold's chosen pair scored on the other fold, and the description's R^2 of its fixed cross-fitted predictions), the scene R^2 of the fixed out-of-fold predictions (per fold, averaged, as the point
 estimate; the predictors are NOT refitted, so the interval leaves out the predictors' own variance) and the causal
 effect over the resampled probe images, then applies the same :func:`~.frobnoloid.frobnoloid` as the point
 estimate. With every image weighted once, :meth:`Bootstrap.statistic` gives the point estimate again (up to float
@@ -23,7 +23,8 @@ from .stats import BinnedStats
 class Bootstrap:
     def __init__(self, sample, predictors, top, variables, pair_best, causal, causal_null95, ridge_r2, scene_floor,
                  descriptions=None):
-        """``descriptions``: the features' :class:`~.describe.Descriptions` (their cross-fitted predictions of the
+        """``pair_best``: ``(F, 2)`` one pair per feature, or ``(2, F, 2)`` the pair each fold chose
+        (``NamedResult.pair_fold``); ``descriptions``: the features' :class:`~.describe.Descriptions` (their cross-fitted predictions of the
         sample are reweighted like the MLP's, and count as named)."""
         self.top, self.variables, self.pair_best, self.causal = top, variables, pair_best, causal
         self.causal_null95, self.ridge_r2, self.scene_floor, self.predictors = causal_null95, ridge_r2, scene_floor, \
@@ -64,11 +65,13 @@ class Bootstrap:
         r = st.r2_cv()
         single = np.nanmax(np.where(np.isnan(r), -np.inf, r), 0)
         pair = np.full(len(top), -np.inf)
-        for t, j in enumerate(top):
-            p, q = self.pair_best[j]
-            ps = BinnedStats(1, C * C, 1)
-            ps.add(f[:, t:t + 1], (self.coarse[p] * C + self.coarse[q])[None], fold, w)
-            pair[t] = np.nan_to_num(ps.r2_cv()[0, 0], nan=-np.inf)
+        for t, j in enumerate(top):  # each fold's pair scored on the other fold, as the point estimate
+            pairs = self.pair_best[:, j] if self.pair_best.ndim == 3 else np.stack([self.pair_best[j]] * 2)
+            ps = BinnedStats(2, C * C, 1)
+            ps.add(f[:, t:t + 1], np.stack([self.coarse[min(pq)] * C + self.coarse[max(pq)] for pq in pairs]),
+                   fold, w)
+            d = ps.r2_directed()[[0, 1], [0, 1], 0]
+            pair[t] = np.nanmean(d) if np.isfinite(d).any() else -np.inf
         scene = self.ridge_r2[top]
         if self.predictors:
             per_fold = np.stack([r2(f[fold == k], self.pred[fold == k], w[fold == k]) for k in (0, 1)])

@@ -8,7 +8,10 @@
   the pairs are the best single with every other candidate, the pairs among the top three singles, and each of
   the top three singles with the variable that best explains what it leaves (:func:`residual_corr`: a gate's
   second factor, such as depth in depth x foreground, neither ranks high alone nor correlates); a pair is
-  always of two distinct concepts (a concept "paired" with itself is its single score on coarser bins).
+  always of two distinct concepts (a concept "paired" with itself is its single score on coarser bins). Each
+  image fold chooses its best pair by eta^2 on itself and the other fold scores that choice (``pair_r2`` averages
+  the two directions), so no pair is picked by the tokens that score it. (The best single is still the best of
+  the variables by cross-validated eta^2: a choice among ~50 concepts, made for the nulls alike.)
 
 Every score here bins the concepts as :mod:`frobnolab.analysis.variables` does: atoms (ties, such as the zeros of a
 sparse concept) get bins of their own and heavy tails are split geometrically, so a rare highlight or a thin edge
@@ -34,9 +37,9 @@ class NamedResult:
     best_single_r2: np.ndarray
     """(F,) its eta^2."""
     pair_best: np.ndarray
-    """(F, 2) variable indices of the best pair."""
+    """(F, 2) variable indices of the best pair (the one chosen on image fold 0)."""
     pair_r2: np.ndarray
-    """(F,) its eta^2 (-inf where no pair could be scored)."""
+    """(F,) its eta^2, each fold's choice scored on the other fold (-inf where no pair could be scored)."""
     auroc: np.ndarray
     """(T, F) detection AUROC per target."""
     f1: np.ndarray
@@ -47,6 +50,8 @@ class NamedResult:
     """(2, F, C*C) per joint coarse bin of its best pair, per image fold."""
     coarse: int = 0
     """C: coarse bins per variable in a joint bin."""
+    pair_fold: np.ndarray | None = None
+    """(2, F, 2) the pair chosen on each image fold (the one its means are of; None: ``pair_best`` for both)."""
 
     @property
     def named_best(self) -> np.ndarray:
@@ -62,7 +67,7 @@ class NamedResult:
         for v in np.unique(self.best_single[features][~use_pair]):
             sel = np.flatnonzero(~use_pair & (self.best_single[features] == v))
             out[:, sel] = self.single_means[fit][features[sel]][:, variables[v].bins(g)].T
-        pairs = np.sort(self.pair_best[features], 1)
+        pairs = np.sort((self.pair_best if self.pair_fold is None else self.pair_fold[fit])[features], 1)
         for p, q in np.unique(pairs[use_pair], axis=0) if use_pair.any() else ():
             sel = np.flatnonzero(use_pair & (pairs[:, 0] == p) & (pairs[:, 1] == q))
             jb = variables[p].bins(g, coarse=True) * self.coarse + variables[q].bins(g, coarse=True)
@@ -136,18 +141,28 @@ class NamedMatch:
         pair_means = np.zeros((2, F, C * C))
         if slots:
             pv = np.stack(slots, 1)  # (F, S, 2)
-            pr2, cnt, ps1 = self._pairs(pv, rechunk, progress)
-            pr2[pv[..., 0] == pv[..., 1]] = -np.inf  # a pair is two distinct concepts, never one with itself
-            best_slot = pr2.argmax(1)
-            pair_r2 = pr2[np.arange(F), best_slot]
-            pair_best = pv[np.arange(F), best_slot]
-            pair_means = _bin_means(cnt[:, np.arange(F), best_slot], ps1[:, np.arange(F), best_slot])
+            cnt, ps1, ps2 = self._pairs(pv, rechunk, progress)
+            # each fold chooses its pair by eta^2 on itself and the other fold scores the choice: no pair is
+            # picked by the tokens that score it
+            inside, across = pair_eta_folds(cnt, ps1, ps2)  # (2, F, S) each
+            inside[:, pv[..., 0] == pv[..., 1]] = -np.inf  # a pair is two distinct concepts, never one with itself
+            slot = inside.argmax(2)  # (2, F)
+            f_ = np.arange(F)
+            got = np.stack([across[a, f_, slot[a]] for a in (0, 1)])  # (2, F)
+            ok = np.isfinite(got) & np.isfinite(np.stack([inside[a, f_, slot[a]] for a in (0, 1)]))
+            with np.errstate(invalid="ignore"):
+                pair_r2 = np.where(ok.any(0), np.where(ok, got, 0).sum(0) / np.maximum(ok.sum(0), 1), -np.inf)
+            pair_fold = np.stack([pv[f_, slot[a]] for a in (0, 1)])  # (2, F, 2)
+            pair_best = pair_fold[0]
+            pair_means = np.stack([_bin_means(cnt[:, f_, slot[a]], ps1[:, f_, slot[a]])[a] for a in (0, 1)])
+            return NamedResult(single_r2, best_single, best_single_r2, pair_best, pair_r2, auroc, f1, single_means,
+                               pair_means, C, pair_fold)
         return NamedResult(single_r2, best_single, best_single_r2, pair_best, pair_r2, auroc, f1, single_means,
                            pair_means, C)
 
-    def _pairs(self, pv: np.ndarray, rechunk, progress: bool) -> np.ndarray:
-        """Pass 2: eta^2 ``(F, S)`` of each feature's candidate pairs ``pv (F, S, 2)`` (-inf where undefined),
-        with the joint bins' counts and sums ``(2, F, S, C*C)``."""
+    def _pairs(self, pv: np.ndarray, rechunk, progress: bool):
+        """Pass 2: the joint bins' counts and sums of f and f^2, ``(2, F, S, C*C)`` each, of each feature's
+        candidate pairs ``pv (F, S, 2)``."""
         from tqdm.auto import tqdm
 
         variables, F = self.variables, self.F
@@ -183,9 +198,7 @@ class NamedMatch:
         bar.close()
         self.cache = None
         ps1, ps2 = ps1.transpose(0, 2, 1, 3), ps2.transpose(0, 2, 1, 3)  # (2, F, S, CC)
-        cnt = cnt[:, inv]
-        pr2 = pair_eta(cnt, ps1, ps2)  # (F, S)
-        return np.where(np.isnan(pr2), -np.inf, pr2), cnt, ps1
+        return cnt[:, inv], ps1, ps2
 
 
 def residual_corr(sample, variables, cond: np.ndarray, cond_means: np.ndarray, group: int = 512) -> np.ndarray:
@@ -231,17 +244,19 @@ def _bin_means(n: np.ndarray, s1: np.ndarray) -> np.ndarray:
     return np.where(n > 0, s1 / np.maximum(n, 1e-12), tot)
 
 
-def pair_eta(cnt, s1, s2) -> np.ndarray:
-    """Cross-validated eta^2 with joint bins: cnt (2, F, S, J), s1/s2 (2, F, S, J) -> (F, S)."""
-    out, valid = 0, 0
+def pair_eta_folds(cnt, s1, s2) -> tuple[np.ndarray, np.ndarray]:
+    """eta^2 with joint bins, ``(2, F, S)`` each: ``inside[a]`` of fold a's bin means on fold a itself (what fold
+    a chooses by), ``across[a]`` of fold a's bin means on the other fold (clipped below at -1); -inf where
+    undefined (a feature constant in the fold)."""
+    inside, across = np.full((2,) + cnt.shape[1:-1], -np.inf), np.full((2,) + cnt.shape[1:-1], -np.inf)
     for a, b in ((0, 1), (1, 0)):
         n_a, n_b = cnt[a], cnt[b]
         tot_a = s1[a].sum(-1, keepdims=True) / np.maximum(n_a.sum(-1, keepdims=True), 1e-12)
         mean_a = np.where(n_a > 0, s1[a] / np.maximum(n_a, 1e-12), tot_a)
-        sse = (s2[b] - 2 * mean_a * s1[b] + n_b * mean_a**2).sum(-1)
-        sst = s2[b].sum(-1) - s1[b].sum(-1) ** 2 / np.maximum(n_b.sum(-1), 1e-12)
-        ok = sst > 1e-12 * np.maximum(s2[b].sum(-1), 1e-30)
-        out = out + np.where(ok, 1 - sse / np.where(ok, sst, 1), 0)
-        valid = valid + ok
-    with np.errstate(invalid="ignore"):
-        return np.clip(np.where(valid > 0, out / np.maximum(valid, 1), np.nan), -1, 1)
+        for k, (n, s_1, s_2) in enumerate(((n_a, s1[a], s2[a]), (n_b, s1[b], s2[b]))):
+            sse = (s_2 - 2 * mean_a * s_1 + n * mean_a**2).sum(-1)
+            sst = s_2.sum(-1) - s_1.sum(-1) ** 2 / np.maximum(n.sum(-1), 1e-12)
+            ok = sst > 1e-12 * np.maximum(s_2.sum(-1), 1e-30)
+            r = np.where(ok, np.clip(1 - sse / np.where(ok, sst, 1), -1, 1), -np.inf)
+            (inside if k == 0 else across)[a] = r
+    return inside, across

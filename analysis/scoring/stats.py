@@ -46,14 +46,10 @@ class BinnedStats:
             self.s1[:, k] += np.bincount(idx, weights=w1, minlength=n).reshape(2, self.B, self.F)
             self.s2[:, k] += np.bincount(idx, weights=w2, minlength=n).reshape(2, self.B, self.F)
 
-    def r2_cv(self) -> np.ndarray:
-        """Cross-validated correlation ratio ``(V, F)``: bin means fitted on one fold, R^2 on the other, averaged.
-
-        A bin empty in the fitting fold predicts that fold's overall mean. Features that never vary in a fold give
-        NaN there; the result is clipped below at -1.
-        """
-        out = np.zeros((self.V, self.F))
-        valid = np.zeros((self.V, self.F))
+    def r2_directed(self) -> np.ndarray:
+        """``(2, V, F)``: row a is the R^2 on the other fold of bin means fitted on fold a (a bin empty in fold a
+        predicts fold a's overall mean), clipped below at -1; NaN where the feature does not vary in that fold."""
+        out = np.full((2, self.V, self.F), np.nan)
         for a, b in ((0, 1), (1, 0)):
             n_a, n_b = self.count[a][..., None], self.count[b][..., None]  # (V, B, 1)
             tot_a = self.s1[a].sum(1, keepdims=True) / np.maximum(n_a.sum(1, keepdims=True), 1e-12)
@@ -62,10 +58,16 @@ class BinnedStats:
             nb = n_b.sum(1)  # (V, 1)
             sst = self.s2[b].sum(1) - self.s1[b].sum(1) ** 2 / np.maximum(nb, 1e-12)
             ok = sst > 1e-12 * np.maximum(self.s2[b].sum(1), 1e-30)
-            out += np.where(ok, 1 - sse / np.where(ok, sst, 1), 0)
-            valid += ok
+            out[a] = np.where(ok, np.clip(1 - sse / np.where(ok, sst, 1), -1, 1), np.nan)
+        return out
+
+    def r2_cv(self) -> np.ndarray:
+        """Cross-validated correlation ratio ``(V, F)``: bin means fitted on one fold, R^2 on the other, averaged
+        over the directions where the feature varies (NaN where it varies in neither), clipped below at -1."""
+        d = self.r2_directed()
+        ok = np.isfinite(d)
         with np.errstate(invalid="ignore"):
-            return np.clip(np.where(valid > 0, out / np.maximum(valid, 1), np.nan), -1, 1)
+            return np.clip(np.where(ok.any(0), np.where(ok, d, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan), -1, 1)
 
 
 class DetectionStats:
