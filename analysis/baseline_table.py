@@ -18,7 +18,17 @@ import numpy as np
 from .score import read_table
 
 
-def _row(name: str, scores: Path) -> tuple[dict, dict]:
+def _rel(path: str, root: Path | None) -> str:
+    """``path`` relative to ``root`` when inside it (so a copied run folder's table does not change)."""
+    if root is None or path in ("this run", "given"):
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return path
+
+
+def _row(name: str, scores: Path, root: Path | None) -> tuple[dict, dict]:
     s = json.loads((scores / "summary.json").read_text())
     t = read_table(scores / "features.parquet")
     alive = np.asarray(t["freq"], float) > 0
@@ -30,7 +40,7 @@ def _row(name: str, scores: Path) -> tuple[dict, dict]:
     for c in np.asarray(t["named_concept"], object)[named_ok]:
         per_concept[str(c)] = per_concept.get(str(c), 0) + 1
     u = s.get("understood") or {}
-    row = {"dictionary": name, "scores": str(scores), "features": int(s["features"]), "alive": int(alive.sum()),
+    row = {"dictionary": name, "scores": _rel(str(scores), root), "features": int(s["features"]), "alive": int(alive.sum()),
            "mcc": float(s["dictionary"]["mcc"]), "coverage_mean": float(np.mean(list(cov.values()))) if cov
            else float("nan"),
            "named_discoveries": int(named_ok.sum()), "named_share": float(named_ok.sum() / max(alive.sum(), 1)),
@@ -38,7 +48,9 @@ def _row(name: str, scores: Path) -> tuple[dict, dict]:
            "understood_descriptions": float(u.get("understood", {}).get("descriptions", float("nan")))
            if u.get("measured") else float("nan"),
            "fvu_test": _fvu(s),
-           "nulls_from": s.get("nulls_from", "this run"), "q_level": level}
+           # the scores folder whose null bank it was tested against, by name (a copied run's table stays the same)
+           "nulls_from": s.get("nulls_from", "this run") if s.get("nulls_from", "this run") in ("this run", "given")
+           else Path(s["nulls_from"]).name, "q_level": level}
     return row, {"coverage": cov, "above_null": per_concept}
 
 
@@ -51,11 +63,12 @@ def _fvu(summary: dict) -> float:
     return 1 - float(ev["explained_variance"]) if "explained_variance" in ev else float("nan")
 
 
-def comparison(dictionaries: dict[str, Path], ceiling: dict[str, float]) -> dict:
-    """``dictionaries``: {name: scores folder} (the SAE first); ``ceiling``: ``probe_ceiling``'s result."""
+def comparison(dictionaries: dict[str, Path], ceiling: dict[str, float], root: Path | None = None) -> dict:
+    """``dictionaries``: {name: scores folder} (the SAE first); ``ceiling``: ``probe_ceiling``'s result; ``root``:
+    the run folder the table's paths are written relative to."""
     rows, concepts = [], {}
     for name, folder in dictionaries.items():
-        row, per = _row(name, Path(folder))
+        row, per = _row(name, Path(folder), root)
         rows.append(row)
         for c, r2 in per["coverage"].items():
             e = concepts.setdefault(c, {"ceiling": ceiling.get(c, float("nan")), "coverage": {}, "above_null": {}})

@@ -151,7 +151,7 @@ def _baselines(out: Path, cfg: QuickstartConfig, progress: bool) -> dict:
                            log=lambda *_: None, nulls_from=out / "scores")
         folders[spec] = folder
     ceiling = probe_ceiling(store[cfg.hook], store.concepts, seed=cfg.seed)
-    res = {"hook": cfg.hook, **comparison(folders, ceiling), "ceiling": ceiling}
+    res = {"hook": cfg.hook, **comparison(folders, ceiling, root=out), "ceiling": ceiling}
     path = out / "scores" / "baselines.json"
     if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(res)):  # unchanged: left as it is
         write_json(path, res)

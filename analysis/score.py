@@ -182,7 +182,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
                                                                   hidden=cfg.scene_hidden, batch=cfg.scene_batch)
     timings["scene_predictors"] = round(time.time() - t1, 2)
     t1 = time.time()
-    nm = named.finish(moments.corr(), lambda: src.chunks(fold_of, variables), progress, sample=scene.sample)
+    nm = named.finish(moments.corr(), lambda: src.chunks(fold_of, variables), progress, sample=scene.sample,
+                      saliency=SceneExplained.saliency(predictors))
     named_best = nm.named_best
     timings["pass2_pairs"] = round(time.time() - t1, 2)
     t1 = time.time()

@@ -191,6 +191,10 @@ def _cmd_score(args) -> int:
     d = s["dictionary"]
     print(f"{s['tokens']} held-out tokens, {s['alive']}/{s['features']} features alive; MCC {d['mcc']:.3f}; "
           f"{s['candidates']} frobnoloid candidate(s)")
+    f = s["fdr"]
+    print(f"beyond chance at q <= {f['q_level']} (each of {f['tested']} live features against ~"
+          f"{f['null_matched_median']:.0f} null directions of its firing rate, Benjamini-Hochberg): "
+          f"{f['discoveries_gap']} gaps, {f['discoveries_named']} named matches, {f['discoveries_scene']} scene R2s")
     if _understood_line(s):
         print(_understood_line(s))
     for name, r in s.get("heldout_recovery", {}).items():
@@ -299,9 +303,22 @@ def _cmd_quickstart(args) -> int:
 
     for name, folder in (("autoencoder", "scores"), ("TAESD", "taesd-scores")):
         summary = run / folder / "summary.json"
-        line = _understood_line(json.loads(summary.read_text())) if summary.exists() else ""
+        s = json.loads(summary.read_text()) if summary.exists() else {}
+        line = _understood_line(s) if s else ""
         if line:
             print(f"  {name} {line}")
+        if s.get("fdr"):
+            f = s["fdr"]
+            print(f"  {name} beyond chance (q <= {f['q_level']}, {f['tested']} live features): {f['discoveries_gap']} "
+                  f"gaps, {f['discoveries_named']} named matches, {f['discoveries_scene']} scene R2s; "
+                  f"{s['candidates']} frobnoloid candidate(s)")
+    cmp = run / "scores" / "baselines.json"
+    if cmp.exists():
+        for r in json.loads(cmp.read_text())["dictionaries"]:
+            print(f"  {r['dictionary']:>8s}: {r['alive']:3d} live of {r['features']:3d}, MCC {r['mcc']:.3f}, coverage "
+                  f"{r['coverage_mean']:.3f}, named beyond chance {r['named_discoveries']}, candidates "
+                  f"{r['candidates']}")
+        print(f"  (the SAE beside its baselines: {cmp})")
     return 0
 
 

@@ -7,7 +7,8 @@
   its top variables by |correlation| (a factor of a product can have a low eta^2 of its own but still correlate);
   the pairs are the best single with every other candidate, the pairs among the top three singles, and each of
   the top three singles with the variable that best explains what it leaves (:func:`residual_corr`: a gate's
-  second factor, such as depth in depth x foreground, neither ranks high alone nor correlates); a pair is
+  second factor, such as depth in depth x foreground, neither ranks high alone nor correlates), and the pairs
+  among the four concepts the feature's scene MLP reads most (an XOR of two concepts shows in neither alone); a pair is
   always of two distinct concepts (a concept "paired" with itself is its single score on coarser bins). Each
   image fold chooses its best pair by eta^2 on itself and the other fold scores that choice (``pair_r2`` averages
   the two directions), so no pair is picked by the tokens that score it. (The best single is still the best of
@@ -100,10 +101,14 @@ class NamedMatch:
     def coarse(self, g: np.ndarray) -> np.ndarray:
         return np.stack([v.bins(g, coarse=True) for v in self.variables]).astype(np.int16)
 
-    def finish(self, corr_all: np.ndarray, rechunk, progress: bool = True, sample=None) -> NamedResult:
+    def finish(self, corr_all: np.ndarray, rechunk, progress: bool = True, sample=None,
+               saliency: np.ndarray | None = None) -> NamedResult:
         """``corr_all (F, G)``: correlation with every column; ``rechunk()``: the chunks again, for pass 2 when
         the cache did not fit; ``sample``: the scoring sample (:class:`~.scene.FoldSample`), whose residuals after
-        each feature's best single give two more pair candidates (:func:`residual_corr`)."""
+        each feature's best single give two more pair candidates (:func:`residual_corr`); ``saliency (F, G)``:
+        what each feature's scene MLP reads (``scene._saliency``), whose top concepts are paired among themselves
+        (an XOR of two concepts has no marginal signal in either, so only a predictor that learned it points at
+        them)."""
         variables, F = self.variables, self.F
         single_r2 = self.singles.r2_cv()  # (V, F)
         auroc, f1 = self.detect.finish() if self.targets else (np.zeros((0, F)), np.zeros((0, F)))
@@ -135,6 +140,12 @@ class NamedMatch:
                 rc[:, unnamed] = -np.inf
                 rc[f_idx, cond] = -np.inf
                 slots.append(np.stack([cond, rc.argmax(1)], 1))
+        if saliency is not None and len(scalar) > 1:
+            sal = np.stack([np.nan_to_num(saliency[:, variables[k].cols], nan=-1).max(1) for k in scalar], 1)
+            top_sal = scalar[np.argsort(-sal, 1)[:, :min(4, len(scalar))]]  # (F, <=4)
+            for p in range(top_sal.shape[1]):
+                for q in range(p + 1, top_sal.shape[1]):
+                    slots.append(np.stack([top_sal[:, p], top_sal[:, q]], 1))
         pair_r2 = np.full(F, -np.inf)
         pair_best = np.zeros((F, 2), np.int64)
         C = max(v.n_coarse for v in variables)

@@ -13,6 +13,8 @@ intervals. Cost: F small MLPs (hidden 32) for ``steps`` steps per fold.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -117,6 +119,10 @@ def _fit(gx: np.ndarray, fy: sp.csr_matrix, steps: int, hidden: int, seed: int, 
             opt.step()
             sched.step()
         nets.append(net.eval())
+    sal = np.full((F, X.shape[1]), np.nan, np.float32)
+    if len(cols):
+        at = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:512]
+        sal[cols] = torch.cat([_saliency(net, X[at]) for net in nets]).cpu().numpy()
 
     def predict(gnew: np.ndarray) -> np.ndarray:
         out = np.full((len(gnew), F), np.nan, np.float32)
@@ -128,7 +134,26 @@ def _fit(gx: np.ndarray, fy: sp.csr_matrix, steps: int, hidden: int, seed: int, 
         out[:, cols] = p.cpu().numpy() * sd_y + mu_y
         return out
 
+    predict.saliency = sal  # (F, G): what each feature's MLP reads (mean |d out / d input| on its fold)
     return predict
+
+
+def _saliency(net: PerFeatureMLP, x_NG: torch.Tensor) -> torch.Tensor:
+    """``(F, G)``: mean over the tokens of |d out_f / d x_g| of each feature's own net, in output standard
+    deviations per unit of quantile-normalised input (the nets are independent, so the Jacobian is per feature:
+    computed through the layers by hand rather than by F backward passes)."""
+    G, F, h = x_NG.shape[1], net.F, net.h
+    with torch.no_grad():
+        z1 = (x_NG @ net.w1 + net.b1).view(len(x_NG), F, h)
+        a1 = nn.functional.gelu(z1)
+        z2 = torch.einsum("nfh,fhk->nfk", a1, net.w2) + net.b2
+
+        def dgelu(z):  # exact GELU's derivative: Phi(z) + z phi(z)
+            return 0.5 * (1 + torch.erf(z / 2 ** 0.5)) + z * torch.exp(-0.5 * z * z) / (2 * torch.pi) ** 0.5
+
+        d2 = dgelu(z2) * net.w3  # (N, F, h)
+        d1 = torch.einsum("nfk,fhk->nfh", d2, net.w2) * dgelu(z1)  # (N, F, h)
+        return torch.einsum("nfh,gfh->nfg", d1, net.w1.view(G, F, h)).abs().mean(0)
 
 
 def r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -192,3 +217,13 @@ class SceneExplained:
         mlp_r2, predictors = scene_r2_mlp(self.sample, steps, hidden, seed=seed, device=device, fit=fit, batch=batch)
         scene = ridge_r2 if mlp_r2 is None else np.fmax(ridge_r2, mlp_r2)
         return scene, ridge_r2, lam, predictors
+
+    @staticmethod
+    def saliency(predictors: dict) -> np.ndarray | None:
+        """``(F, G)`` what each feature's MLP reads, averaged over the two folds' MLPs (None without MLPs)."""
+        sal = [p.saliency for p in predictors.values() if hasattr(p, "saliency")]
+        if not sal:
+            return None
+        with warnings.catch_warnings():  # "mean of empty slice" for a feature fitted on neither fold
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.stack(sal), 0)
