@@ -131,8 +131,9 @@ def function_units(gt: np.ndarray, columns: list[str], rng: np.random.Generator)
       looks inside each single's bins found one explaining 0.54 / 0.68 of it.)
     - ``periodic_x``: ``1 + sin`` of world position x, 3 periods across its 1..99% range: a function of one named
       concept, whose 32 fine bins resolve it: named position_x.
-    - ``periodic_diag``: the same of the diagonal world coordinate x + z: no single concept bins it, a pair's coarse
-      10 x 10 joint bins blur it: real and nameless.
+    - ``periodic_diag``: the same of the diagonal world coordinate x + z: no single concept bins it; the pair of
+      its two coordinates (found by what the feature's scene MLP reads) holds 0.72 of it in 10 x 10 joint bins:
+      real and named by position_x + position_z (before that pair was tried: "nameless", best pair 0.39).
     - ``periodic_column``: ``1 + sin`` of the image column, 4 periods across the image: exactly a function of
       column (a token column is one of its bins), but too fast for the scene MLP (hidden 32, quantile-normalised
       inputs) to learn in its steps: a known miss of "real".
