@@ -18,14 +18,12 @@ import numpy as np
 from .score import read_table
 
 
-def _rel(path: str, root: Path | None) -> str:
+def _rel(path: Path, root: Path | None) -> str:
     """``path`` relative to ``root`` when inside it (so a copied run folder's table does not change)."""
-    if root is None or path in ("this run", "given"):
-        return path
     try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+        return str(path.resolve().relative_to(Path(root).resolve())) if root is not None else str(path)
     except ValueError:
-        return path
+        return str(path)
 
 
 def _row(name: str, scores: Path, root: Path | None) -> tuple[dict, dict]:
@@ -40,7 +38,7 @@ def _row(name: str, scores: Path, root: Path | None) -> tuple[dict, dict]:
     for c in np.asarray(t["named_concept"], object)[named_ok]:
         per_concept[str(c)] = per_concept.get(str(c), 0) + 1
     u = s.get("understood") or {}
-    row = {"dictionary": name, "scores": _rel(str(scores), root), "features": int(s["features"]), "alive": int(alive.sum()),
+    row = {"dictionary": name, "scores": _rel(scores, root), "features": int(s["features"]), "alive": int(alive.sum()),
            "mcc": float(s["dictionary"]["mcc"]), "coverage_mean": float(np.mean(list(cov.values()))) if cov
            else float("nan"),
            "named_discoveries": int(named_ok.sum()), "named_share": float(named_ok.sum() / max(alive.sum(), 1)),

@@ -145,9 +145,9 @@ def _baselines(out: Path, cfg: QuickstartConfig, progress: bool) -> dict:
     for spec in cfg.baselines:
         folder = out / "baselines" / spec.replace(":", "-")
         done = folder / "summary.json"
-        fresh = done.exists() and done.stat().st_mtime_ns >= nulls.stat().st_mtime_ns and \
-            json.loads(done.read_text()).get("config") == want and \
-            json.loads(done.read_text()).get("store_hook_sha256") == store[cfg.hook].meta["sha256"]
+        prev = json.loads(done.read_text()) if done.exists() else {}
+        fresh = bool(prev) and done.stat().st_mtime_ns >= nulls.stat().st_mtime_ns and prev.get("config") == want \
+            and prev.get("store_hook_sha256") == store[cfg.hook].meta["sha256"]
         if not fresh:
             score_baseline(out / "store", spec, folder, cfg.score, hook=cfg.hook, progress=progress,
                            log=lambda *_: None, nulls_from=out / "scores")

@@ -160,7 +160,8 @@ def fdr_lines(fdr: dict | None, table: dict) -> list[str]:
             f"rate (median {fdr['null_matched_median']:.0f} nulls each); q-values by Benjamini-Hochberg over all "
             f"of them. At q <= {fdr['q_level']}: {fdr['discoveries_gap']} gaps (unnamed and real beyond chance), "
             f"{fdr['discoveries_named']} named matches, {fdr['discoveries_scene']} scene R2s. "
-            f"Frobnoloid candidates (gap > 0.2, q <= {fdr['q_level']}, causal above its null): {cand}.", ""]
+            f"Frobnoloid candidates (gap > {fdr.get('candidate_gap', 0.2)}, q <= {fdr['q_level']}, causal above its "
+            f"null): {cand}.", ""]
 
 
 def baseline_lines(cmp: dict, n_concepts: int = 12) -> list[str]:

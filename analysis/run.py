@@ -14,6 +14,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from frobnolab.errors import unknown
 from frobnolab.files import write_json
 
@@ -52,8 +54,6 @@ def _check_holdout(store: ActivationStore, cfg: ScoreConfig):
 def read_null_bank(scores: str | Path, store: ActivationStore, hook: str) -> dict:
     """The null features of an earlier scoring on the same tokens (its ``null_features.parquet``), checked to be of
     this store's ``hook``."""
-    import numpy as np
-
     scores = Path(scores)
     path, summ = scores / "null_features.parquet", scores / "summary.json"
     if not path.exists() or not summ.exists():

@@ -292,7 +292,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "variables": [{"name": v.name, "kind": v.kind, "named": v.named} for v in variables],
         "nulls95": nulls, "n_null": len(bank["rate"]), "nulls_from": "this run" if null_bank is None
         else null_bank.get("from", "given"), "ridge_lambda": ridge_lam, "config": asdict(cfg),
-        "fdr": {"q_level": cfg.candidate_q, "tested": int(alive.sum()),
+        "fdr": {"q_level": cfg.candidate_q, "candidate_gap": cfg.candidate_gap, "tested": int(alive.sum()),
                 "null_matched_median": float(np.median(tests["gap"][2][alive])) if alive.any() else 0.0,
                 **{f"discoveries_{k}": int(np.sum(np.nan_to_num(v[1], nan=1) <= cfg.candidate_q))
                    for k, v in tests.items()}},
