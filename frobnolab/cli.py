@@ -51,6 +51,33 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_counterfactual(args) -> int:
+    from frobnolab.scenes.counterfactual import render_counterfactual, render_sweeps
+
+    command = shlex.join(["frobnolab"] + sys.argv[1:])
+    common = dict(n=args.n, seed=args.seed, size=args.size, workers=args.workers, progress=not args.quiet,
+                  force=args.force, command=command)
+    if args.factor is None:
+        if args.values is not None or args.deltas is not None:
+            raise ValueError("--values/--deltas need --factor (without it, every sweep the family lists is rendered)")
+        for factor, out in render_sweeps(args.family, out_root=args.out, **common).items():
+            print(f"dataset: {out}  ({factor})")
+        return 0
+    if (args.values is None) == (args.deltas is None):
+        raise ValueError(f"--factor {args.factor}: give exactly one of --values or --deltas")
+    out = render_counterfactual(args.family, args.factor, values=args.values, deltas=args.deltas, out=args.out,
+                                **common)
+    print(f"dataset: {out}")
+    return 0
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -446,6 +473,30 @@ def _render_options(r):
     r.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(run=_cmd_render)
+
+
+@_command("counterfactual", "render scenes again with exactly one factor changed (a counterfactual dataset)")
+def _counterfactual_options(c):
+    from frobnolab.scenes.counterfactual import render_counterfactual
+    from frobnolab.scenes.dataset import RenderConfig
+
+    c.add_argument("family", help="a shipped family name (see `frobnolab families`) or a family file (.yaml/.toml)")
+    c.add_argument("--factor", help="the factor to change, a field path as the dataset's factor names (object0.size, "
+                   "object0.material.color.hsv[0], lights[0].intensity, camera.pose.azimuth, shadows, ...); without "
+                   "it, every sweep the family lists (counterfactuals:) is rendered, each into OUT/<factor>/")
+    c.add_argument("--values", type=_floats, help="rung r sets the factor to the r-th value (V1,V2,...)")
+    c.add_argument("--deltas", type=_floats, help="rung r adds the r-th delta to each base's drawn value (D1,D2,...)")
+    c.add_argument("--n", type=int, required=True, help="base scenes (the dataset has n x rungs images: image "
+                   "b x rungs + r is base b at rung r)")
+    _option(c, "--seed", RenderConfig, "seed")
+    _option(c, "--size", RenderConfig, "size", type=int, help="image side in pixels (square; default: the family's)")
+    c.add_argument("--out", required=True, help="dataset folder to write (made atomically); without --factor, the "
+                   "folder that gets one dataset per listed sweep")
+    c.add_argument("--workers", type=int, default=default(render_counterfactual, "workers"),
+                   help="render processes; 0 = one per core, 1 = in-process")
+    c.add_argument("--force", action="store_true", help="replace a different dataset already at --out")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(run=_cmd_counterfactual)
 
 
 @_command("train-ae", "train the small convolutional autoencoder on a dataset")

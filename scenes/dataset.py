@@ -17,6 +17,10 @@ folder renamed to ``OUT``: a dataset is never left half-written under its final 
 
 The dataset owns its train/test split (``holdout_every`` in the manifest: :meth:`Dataset.split`,
 :meth:`Dataset.is_held_out`) and its cameras' rays (:meth:`Dataset.rays`); every stage asks it for them.
+
+A counterfactual dataset (``RenderConfig.counterfactual``, ``frobnolab.scenes.counterfactual``) has the same format:
+image ``b * R + r`` is scene ``b`` of the family with the dataset's seed with one factor changed to rung ``r`` of R;
+the manifest's ``counterfactual`` entry says which (:attr:`Dataset.counterfactual`, :meth:`Dataset.base_of`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class RenderConfig:
     holdout_every: int = 8
     """Every this many images, the last is held out: image i is a test image when i % holdout_every ==
     holdout_every - 1 (recorded in the manifest; training, extraction and scoring all split by it)."""
+    counterfactual: dict | None = None
+    """A counterfactual sweep {"factor": PATH, "values": [...] | None, "deltas": [...] | None}: image b * R + r is
+    scene b with the factor set to values[r] (or its drawn value plus deltas[r]), R rungs; n must be a multiple of R.
+    None: an ordinary dataset."""
 
     def check(self):
         for name, lo in (("n", 1), ("shard_size", 1), ("holdout_every", 2)):
@@ -69,6 +77,41 @@ class RenderConfig:
             raise ValueError(f"size must be an integer in [8, 4096], got {self.size!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.counterfactual is not None:
+            from .family import check_sweep, sweep_rungs
+
+            rungs = sweep_rungs(check_sweep(self.counterfactual))
+            if self.n % rungs:
+                raise ValueError(f"n must be a multiple of the counterfactual's {rungs} rungs, got {self.n}")
+
+
+def image_scene(family, i: int, seed: int, size: int, counterfactual: dict | None = None):
+    """Image ``i``'s scene: scene i of ``family`` with ``seed``, or for a counterfactual dataset (the sweep as
+    :func:`frobnolab.scenes.family.check_sweep` gives it) base scene ``i // R`` at rung ``i % R``."""
+    if counterfactual is None:
+        return family.sample(i, seed=seed, size=size)
+    from .family import sweep_override, sweep_rungs
+
+    base, rung = divmod(i, sweep_rungs(counterfactual))
+    return family.sample(base, seed=seed, size=size, overrides={counterfactual["factor"]:
+                                                                 sweep_override(counterfactual, rung)})
+
+
+def check_counterfactual(family, cfg: "RenderConfig", size: int):
+    """Sample (not render) every base at every rung, so that an impossible value fails before anything is written:
+    one line naming the base, the field and the value."""
+    from frobnolab.errors import UnknownNameError
+
+    from .family import sweep_rungs
+
+    rungs = sweep_rungs(cfg.counterfactual)
+    for i in range(cfg.n):
+        try:
+            image_scene(family, i, cfg.seed, size, cfg.counterfactual)
+        except UnknownNameError:
+            raise
+        except ValueError as e:
+            raise ValueError(f"counterfactual base {i // rungs} (rung {i % rungs}): {e}") from None
 
 
 def versions() -> dict[str, str]:
@@ -130,7 +173,7 @@ def _render_shard(args) -> int:
     bufs = {b.name: [] for b in BUFFERS}
     Ks, poses, factors = [], [], []
     for i in range(lo, hi):
-        scene = fam.sample(i, seed=cfg.seed, size=renderer.width)
+        scene = image_scene(fam, i, cfg.seed, renderer.width, cfg.counterfactual)
         out = renderer.render(scene)
         for name in bufs:
             bufs[name].append(out[name])
@@ -167,8 +210,16 @@ def render_dataset(cfg: RenderConfig, out: str | Path, *, workers: int = 0, forc
 
         connect(ray)
     size = family.default_size if cfg.size is None else cfg.size
-    cfg = RenderConfig(**{**asdict(cfg), "size": size, "family": str(family.path)})
+    cf = None
+    if cfg.counterfactual is not None:
+        from .family import check_sweep
+
+        cf = check_sweep(cfg.counterfactual)
+    cfg = RenderConfig(**{**asdict(cfg), "size": size, "family": str(family.path), "counterfactual": cf})
     key = {"family_sha256": family.sha256, "n": cfg.n, "size": size, "seed": cfg.seed, "shard_size": cfg.shard_size}
+    if cf is not None:  # only then: the keys of ordinary datasets stay as they were
+        key["counterfactual"] = cf
+        check_counterfactual(family, cfg, size)
     out = Path(out)
     if (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
@@ -282,6 +333,13 @@ def _finalize(work: Path, out: Path, cfg: RenderConfig, family, key: dict, buffe
         "versions": versions(),
         "sha256": hashes,
     }
+    if cfg.counterfactual is not None:
+        cf = cfg.counterfactual
+        from .family import sweep_rungs
+
+        rungs = sweep_rungs(cf)
+        manifest["counterfactual"] = {"factor": cf["factor"], "values": cf["values"], "deltas": cf["deltas"],
+                                      "bases": cfg.n // rungs, "rungs": rungs}
     manifest["dataset_sha256"] = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
     write_json(work / "manifest.json", manifest)
     write_json(work / "provenance.json", {
@@ -399,6 +457,18 @@ class Dataset:
         used the default."""
         return int(self.manifest.get("holdout_every", RenderConfig.holdout_every))
 
+    @property
+    def counterfactual(self) -> dict | None:
+        """The manifest's counterfactual entry ``{"factor", "values", "deltas", "bases", "rungs"}``: image
+        ``b * rungs + r`` is base scene b at rung r; None for an ordinary dataset."""
+        return self.manifest.get("counterfactual")
+
+    def base_of(self, images) -> np.ndarray:
+        """The base scene of each image index: ``images // rungs`` in a counterfactual dataset, else the index."""
+        images = np.asarray(images)
+        cf = self.counterfactual
+        return images // cf["rungs"] if cf else images
+
     def is_held_out(self, images) -> np.ndarray:
         """Whether each of these image indices is a held-out (test) image."""
         return is_held_out(images, self.holdout_every)
@@ -444,5 +514,8 @@ class Dataset:
         return load_family(self.path / "family.yaml")
 
     def scene(self, i: int):
-        """Scene ``i`` rebuilt from the stored family and seed: exact point and ray queries for that image."""
-        return self.family().sample(i, seed=self.manifest["seed"], size=self.manifest["width"])
+        """Scene ``i`` rebuilt from the stored family and seed (and counterfactual rung): exact point and ray
+        queries for that image."""
+        cf = self.counterfactual
+        sweep = None if cf is None else {k: cf[k] for k in ("factor", "values", "deltas")}
+        return image_scene(self.family(), i, self.manifest["seed"], self.manifest["width"], sweep)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from frobnolab.errors import unknown
+
 from . import schema as S
 from .primitives import ANALYTIC_SHAPES, MeshShape, Primitive
 from .scene import Camera, Light, Material, Scene, SceneObject, look_at, srgb_to_linear
@@ -107,7 +109,58 @@ def _schema(base: Path):
         "floor": (S.optional(floor), None),
         "objects": (S.list_of(obj), []),
         "avoid_overlap": (S.enum("yes", "no", dist=False), "yes"),
+        "shadows": (S.enum("yes", "no", dist=False), "yes"),
+        "counterfactuals": (_sweeps, None),
     })
+
+
+SHADOWS = "shadows"  # the factor that switches cast shadows (1: cast, as the family says by default; 0: none)
+
+
+def check_sweep(raw) -> dict:
+    """A counterfactual sweep ``{factor: NAME, values: [...]}`` or ``{factor: NAME, deltas: [...]}`` as a plain dict
+    ``{"factor", "values", "deltas"}`` (the one not given None); raises ValueError naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a sweep is {{factor: NAME, values: [...]}} or {{factor: NAME, deltas: [...]}}, got {raw!r}")
+    extra = sorted(set(raw) - {"factor", "values", "deltas"})
+    if extra:
+        raise ValueError(f"unknown sweep keys {extra} (known: factor, values, deltas)")
+    if not isinstance(raw.get("factor"), str) or not raw["factor"]:
+        raise ValueError(f"a sweep's factor must be a field path (e.g. object0.size), got {raw.get('factor')!r}")
+    given = [k for k in ("values", "deltas") if raw.get(k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"sweep of {raw['factor']}: give exactly one of values or deltas, got {given or 'neither'}")
+    nums = raw[given[0]]
+    if not isinstance(nums, (list, tuple)) or not nums or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in nums):
+        raise ValueError(f"sweep of {raw['factor']}: {given[0]} must be a non-empty list of finite numbers, "
+                         f"got {nums!r}")
+    out = {"factor": raw["factor"], "values": None, "deltas": None}
+    out[given[0]] = [float(v) for v in nums]
+    return out
+
+
+def sweep_override(sweep: dict, rung: int) -> S.Override:
+    """The override of rung ``rung`` of a sweep (:func:`check_sweep`): set values[rung] or add deltas[rung]."""
+    if sweep["values"] is not None:
+        return S.Override("set", sweep["values"][rung])
+    return S.Override("add", sweep["deltas"][rung])
+
+
+def sweep_rungs(sweep: dict) -> int:
+    return len(sweep["values"] if sweep["values"] is not None else sweep["deltas"])
+
+
+def _sweeps(raw, path):
+    if not isinstance(raw, list) or not raw:
+        S.fail(path, f"expected a non-empty list of sweeps, got {raw!r}")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(check_sweep(item))
+        except ValueError as e:
+            S.fail(S.join(path, i), str(e))
+    return out
 
 
 @dataclass
@@ -129,16 +182,39 @@ class Family:
         return self.spec["size"].value
 
     @property
+    def sweeps(self) -> list[dict]:
+        """The counterfactual sweeps the family lists (``counterfactuals:``), each as :func:`check_sweep` gives it."""
+        return list(self.spec.get("counterfactuals") or [])
+
+    @property
     def sha256(self) -> str:
         return hashlib.sha256(self.source.encode()).hexdigest()
 
-    def sample(self, index: int, seed: int = 0, size: int | None = None) -> Scene:
-        """Build scene ``index`` of the dataset with seed ``seed`` at ``size`` x ``size`` pixels."""
+    def sample(self, index: int, seed: int = 0, size: int | None = None, overrides: dict | None = None) -> Scene:
+        """Build scene ``index`` of the dataset with seed ``seed`` at ``size`` x ``size`` pixels.
+
+        overrides: ``{field path: schema.Override | ("set", v) | ("add", d)}``, paths as the scene's factor names
+        (``object0.size``, ``object0.material.color.hsv[0]``, ``lights[0].intensity``, ``shadows``, ...). Every
+        value is drawn as without them (so all other factors are the same), then the named fields are replaced
+        and recorded as factors with their new values. Object placement decides on the drawn values, so
+        overriding ``object0.size`` moves no other object (the resized object may then touch a neighbour). A value
+        outside the field's bounds is a ValueError; a path this scene has no numeric field at (an object it lacks,
+        a choice such as a shape, an object count) is an UnknownNameError listing the ones it has.
+        """
         size = self.default_size if size is None else size
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"image size must be a positive integer, got {size!r}")
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
-        return _build(self, S.Sampler(rng), size)
+        sampler = S.Sampler(rng, overrides)
+        scene = _build(self, sampler, size)
+        missing = [p for p in sampler.overrides if p not in sampler.known]
+        if missing:
+            import difflib
+
+            close = difflib.get_close_matches(missing[0], sorted(sampler.known), n=3)  # shown first: likely meant
+            known = close + sorted(sampler.known - set(close))
+            raise unknown("factor", missing[0], known, f"scene {index} of family {self.name}")
+        return scene
 
 
 def load_family(name_or_path: str | Path) -> Family:
@@ -243,7 +319,8 @@ def _dir_from(azimuth, elevation) -> np.ndarray:
 def _build(fam: Family, sampler: S.Sampler, size: int) -> Scene:
     base = fam.path.parent
     spec = fam.spec
-    r = lambda tree, path: S.resolve(tree, sampler, path)  # noqa: E731
+    # Draw, then override: the generator is consumed the same with or without overrides.
+    r = lambda tree, path: S.override(tree, S.resolve(tree, sampler, path), sampler, path)  # noqa: E731
 
     cam = r(spec["camera"], "camera")
     pose = cam["pose"]
@@ -283,7 +360,10 @@ def _build(fam: Family, sampler: S.Sampler, size: int) -> Scene:
         count = S.resolve(spec_o["count"], sampler, f"objects[{i}].count")
         for _ in range(count):
             path = f"object{k}"
-            o = r({key: v for key, v in spec_o.items() if key != "count"}, path)
+            tree_o = {key: v for key, v in spec_o.items() if key != "count"}
+            # Placement decides on the drawn values (overrides come after it), so that overriding one object's
+            # size or pose makes the same redraws of x, z for every object.
+            o = S.resolve(tree_o, sampler, path)
             shape = _shape(o, base)
             R = _rotation(o["yaw"], o["pitch"], o["roll"])
             verts = shape.mesh().vertices @ R.T * o["size"]
@@ -296,6 +376,13 @@ def _build(fam: Family, sampler: S.Sampler, size: int) -> Scene:
                     x = S.resolve(spec_o["x"], sampler, f"{path}.x")
                     z = S.resolve(spec_o["z"], sampler, f"{path}.z")
             placed.append((x, z, footprint))
+            applied = len(sampler.applied)
+            o = S.override(tree_o, {**o, "x": x, "z": z}, sampler, path)
+            if len(sampler.applied) > applied:  # the object itself as overridden
+                shape = _shape(o, base)
+                R = _rotation(o["yaw"], o["pitch"], o["roll"])
+                verts = shape.mesh().vertices @ R.T * o["size"]
+            x, z = o["x"], o["z"]
             t = np.array([x, o["elevation"] - verts[:, 1].min(), z])
             mat = _material(o["material"], base, sampler.rng.integers(1 << 30))
             objects.append(SceneObject(shape, o["size"], R, t, mat, name=o["name"] or o["shape"]))
@@ -303,8 +390,12 @@ def _build(fam: Family, sampler: S.Sampler, size: int) -> Scene:
             k += 1
     sampler.factors["object_count"] = float(k)
     bg = r(spec["background"], "background")
+    # The switch as a 0/1 constant, so that it is overridable like any other field (recorded only when overridden).
+    cast = int(spec["shadows"].value == "yes")
+    shadows = S.override(S.Const(cast, 0, 1, True), cast, sampler, SHADOWS)
     return Scene(objects=objects, lights=lights, camera=camera,
-                 ambient=amb["intensity"] * _color(amb["color"]), background=_color(bg), factors=sampler.factors)
+                 ambient=amb["intensity"] * _color(amb["color"]), background=_color(bg), factors=sampler.factors,
+                 shadows=bool(shadows))
 
 
 def _shape_index(name: str) -> int:

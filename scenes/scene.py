@@ -225,6 +225,7 @@ class Scene:
     ambient: np.ndarray  # linear RGB irradiance, (3,)
     background: np.ndarray  # linear RGB, (3,)
     factors: dict[str, float] = field(default_factory=dict)
+    shadows: bool = True  # whether lights cast shadows (False: every point with n.l > 0 sees every light)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def combined_mesh(self):

@@ -11,12 +11,17 @@ A field is either a constant or one distribution, written as a one-key mapping::
 Validation turns the parsed file into a tree whose leaves are :class:`Const` or :class:`Dist`; sampling that tree with
 a :class:`Sampler` gives plain values and records every drawn value under its field path (the scene factors).
 Errors are :class:`FamilyError`: the file, the field path and the reason.
+
+Counterfactuals: a :class:`Sampler` may carry overrides, ``{field path: Override("set", v) | Override("add", d)}``.
+:func:`resolve` always draws first (the generator is consumed exactly as without overrides, so every other factor
+is the same); :func:`override` then replaces the drawn values of the overridden numeric leaves (constants included:
+an overridden constant becomes a factor), checked against the field's bounds.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -44,6 +49,11 @@ class UnknownFamilyError(FamilyError, UnknownNameError):
 @dataclass(frozen=True)
 class Const:
     value: Any
+    # The field's bounds, for overrides of the constant; not part of equality (Const("mesh") == Const("mesh")).
+    lo: float = field(default=-math.inf, compare=False)
+    hi: float = field(default=math.inf, compare=False)
+    integer: bool = field(default=False, compare=False)
+    open_lo: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,79 @@ class Dist:
     open_lo: bool = False
 
 
-class Sampler:
-    """Draws values from a validated tree and records each draw as a named scene factor."""
+OPS = ("set", "add")
 
-    def __init__(self, rng: np.random.Generator):
+
+@dataclass(frozen=True)
+class Override:
+    """One counterfactual change of a numeric field: ``op`` "set" (the field becomes ``value``) or "add" (the drawn
+    value plus ``value``)."""
+
+    op: str
+    value: float
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"override op must be 'set' or 'add', got {self.op!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ValueError(f"override value must be a finite number, got {self.value!r}")
+
+    @classmethod
+    def of(cls, x) -> "Override":
+        """An Override from itself or a pair ``("set", v)`` / ``("add", d)``."""
+        if isinstance(x, Override):
+            return x
+        if not isinstance(x, (tuple, list)) or len(x) != 2:
+            raise ValueError(f"an override is ('set', value) or ('add', delta), got {x!r}")
+        return cls(x[0], x[1])
+
+
+def overridable(leaf) -> bool:
+    """Whether a leaf is a numeric field an override may change: a number (constant, uniform, normal or randint).
+    Choices are not: their factor is the index of the choice, not a value."""
+    if isinstance(leaf, Const):
+        return isinstance(leaf.value, (int, float)) and not isinstance(leaf.value, bool)
+    return isinstance(leaf, Dist) and leaf.kind != "choice"
+
+
+def _bounds(leaf) -> str:
+    return f"{'(' if leaf.open_lo else '['}{leaf.lo:g}, {leaf.hi:g}]"
+
+
+class Sampler:
+    """Draws values from a validated tree and records each draw as a named scene factor.
+
+    overrides: ``{field path: Override}`` that :func:`override` applies; ``known`` collects the numeric field paths
+    it visited (those an override may name), ``applied`` the overrides it used."""
+
+    def __init__(self, rng: np.random.Generator, overrides: dict | None = None):
         self.rng = rng
         self.factors: dict[str, float] = {}
+        self.overrides = {k: Override.of(v) for k, v in (overrides or {}).items()}
+        self.known: set[str] = set()
+        self.applied: set[str] = set()
+
+    def replace(self, leaf: Const | Dist, path: str, value):
+        """``value`` (drawn from ``leaf`` at ``path``) as overridden, recorded as the factor ``path``."""
+        if not overridable(leaf):
+            return value
+        self.known.add(path)
+        ov = self.overrides.get(path)
+        if ov is None:
+            return value
+        new = ov.value if ov.op == "set" else value + ov.value
+        how = f"{new!r}" if ov.op == "set" else f"{new!r} ({value!r} + {ov.value!r})"
+        if not (leaf.lo <= new <= leaf.hi) or (leaf.open_lo and new == leaf.lo):
+            raise ValueError(f"{path}: {how} is outside the field's bounds {_bounds(leaf)}")
+        if leaf.integer:
+            if float(new) != int(new):
+                raise ValueError(f"{path}: {how} is not a whole number")
+            new = int(new)
+        else:
+            new = float(new)
+        self.applied.add(path)
+        self.factors[path] = float(new)
+        return new
 
     def draw(self, leaf: Const | Dist, path: str):
         if isinstance(leaf, Const):
@@ -143,7 +220,7 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False
         if not _is_dist(raw):
             if isinstance(raw, dict):
                 fail(path, f"expected a number or one of {{{', '.join(DIST_KINDS)}}}, got keys {sorted(raw)}")
-            return Const(const(raw, path))
+            return Const(const(raw, path), lo, hi, integer, open_lo)
         if not dist:
             fail(path, "must be a constant here, not a distribution")
         kind, params = next(iter(raw.items()))
@@ -161,7 +238,7 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False
         a, b = const(params[0], join(p, 0)), const(params[1], join(p, 1))
         if a > b:
             fail(p, f"low {a} is above high {b}")
-        return Dist(kind, (a, b), lo, hi, integer)
+        return Dist(kind, (a, b), lo, hi, integer, open_lo)
 
     return check
 
@@ -305,3 +382,14 @@ def resolve(tree, sampler: Sampler, path: str = ""):
     if isinstance(tree, list):
         return [resolve(v, sampler, join(path, i)) for i, v in enumerate(tree)]
     return tree
+
+
+def override(tree, value, sampler: Sampler, path: str = ""):
+    """``value`` (:func:`resolve` of ``tree``) with the sampler's overrides applied to its numeric leaves."""
+    if isinstance(tree, (Const, Dist)):
+        return sampler.replace(tree, path, value)
+    if isinstance(tree, dict):
+        return {k: override(tree[k], v, sampler, join(path, k)) if k in tree else v for k, v in value.items()}
+    if isinstance(tree, list):
+        return [override(t, v, sampler, join(path, i)) for i, (t, v) in enumerate(zip(tree, value))]
+    return value

@@ -2,7 +2,8 @@
 
 Diffuse shading is ambient plus, per light, its colour x irradiance x max(0, n.l) x visibility; the highlight is an
 energy-normalised Blinn-Phong lobe tinted by the material's specular colour. Visibility is exact: one shadow ray per
-pixel and light, cast with embree against the same triangles pyrender rasterised.
+pixel and light, cast with embree against the same triangles pyrender rasterised (none when ``scene.shadows`` is
+False, a family's ``shadows: no``: then every point with n.l > 0 sees every light).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def shade(scene: Scene, pos_N3, normal_N3, inst_N, view_N3):
         per_light.append((to_light, dist, power, ndl, idx))
         # Rows gathered with take: the same values as origins_N3[idx], much faster over a last axis of 3.
         rays.append((light, origins_N3.take(idx, axis=0), to_light.take(idx, axis=0), inst_N[idx]))
-    hits = _shadow_hits(scene, rays)  # every light's rays in one batch
+    if scene.shadows:
+        hits = _shadow_hits(scene, rays)  # every light's rays in one batch
+    else:  # no shadow rays: every ray reaches its light
+        hits = [(np.full(len(o), np.inf), np.zeros(len(o), np.int64)) for _, o, _, _ in rays]
     for light, (to_light, dist, power, ndl, idx), (hit_d, hit_inst), (_, _, _, inst_idx) in zip(
             scene.lights, per_light, hits, rays):
         visible = np.zeros(n, bool)
