@@ -345,13 +345,11 @@ def pixel_inputs(ds, images, concepts: list[Concept] | None = None) -> dict:
     if "camera_center" in need:
         out["camera_center"] = np.asarray(ds.camera_pose)[images][:, :3, 3].astype(np.float64)
     if "lights" in need:
-        fam = ds.family()  # the scenes' lights, rebuilt from the stored family (as Dataset.scene does)
+        # the scenes' lights, rebuilt from the stored family by the dataset (which knows a counterfactual's rungs)
         if ds.single_scene():
-            one = _scene_lights(fam.sample(0, seed=ds.manifest["seed"], size=ds.manifest["width"]))
-            out["lights"] = np.repeat(one[None], len(images), 0)
+            out["lights"] = np.repeat(_scene_lights(ds.scene(0))[None], len(images), 0)
         else:
-            out["lights"] = np.stack([_scene_lights(fam.sample(int(i), seed=ds.manifest["seed"],
-                                                               size=ds.manifest["width"])) for i in images])
+            out["lights"] = np.stack([_scene_lights(ds.scene(int(i))) for i in images])
     return out
 
 

@@ -86,8 +86,9 @@ class ImageDomain:
             gt = self.pool(per_pixel, stride, getattr(cfg, "context", ()), (b, gh, gw))
             rr, cc = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
             where = np.stack([np.repeat(img_idx, gh * gw), np.tile(rr.ravel(), b), np.tile(cc.ravel(), b)], -1)
-            keep = np.concatenate([k * gh * gw + _subsample(gh * gw, cfg.tokens_per_image, cfg.seed, int(i))
-                                   for k, i in enumerate(img_idx)])
+            # seeded by the base scene: the rungs of a counterfactual ladder keep the same positions
+            keep = np.concatenate([k * gh * gw + _subsample(gh * gw, cfg.tokens_per_image, cfg.seed, int(b))
+                                   for k, b in enumerate(ds.base_of(img_idx))])
             out[h.name] = {"acts": acts_N[keep], "where": where[keep].astype(np.int32), "gt": gt[keep],
                            "stride": stride}
         return out

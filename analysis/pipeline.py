@@ -6,6 +6,8 @@
     runs/NAME/sae/       SAE (sae-lens format in sae/sae)
     runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score); baselines.json
     runs/NAME/baselines/ the baseline dictionaries (units, PCA, ...) scored beside the SAE (analysis/baseline_table.py)
+    runs/NAME/counterfactual/ the family's counterfactual sweeps (data/) and the autoencoder's stores on them
+                         (store/); the SAE features' responses go into scores/ (responses.*)
     runs/NAME/gallery/   the static feature gallery (index.html)
     runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd)
 """
@@ -60,6 +62,12 @@ class QuickstartConfig:
     baselines: tuple[str, ...] = ("units", "pca", "random")
     """Baseline dictionaries scored on the autoencoder's hook beside its SAE (kind or kind:N; () for none; nmf's
     fit alone took 68 s of the main job, so it is not in the default)."""
+    counterfactual_bases: int = 4
+    """Base scenes of each counterfactual sweep the family lists (``counterfactuals:`` in its file): the
+    autoencoder's SAE features' responses to each factor moved alone (``analysis/counterfactual.py``); 0: no
+    counterfactual stage."""
+    counterfactual_tokens: int = 256
+    """Tokens kept per counterfactual image (the same positions at every rung of a base; 0: all)."""
     seed: int = 0
     """Seed of every stage."""
 
@@ -81,7 +89,7 @@ QUICKSTART_PRESETS = {
                              taesd_sae=SAETrainConfig(hook="enc7", width=32, k=4, training_tokens=32768,
                                                       batch_size=256, lr=3e-3, checkpoints=1),
                              score=ScoreConfig(n_null=8, bootstrap=5, causal_top=8, scene_steps=200),
-                             baselines=("units",)),
+                             baselines=("units",), counterfactual_bases=2, counterfactual_tokens=32),
 }
 
 
@@ -161,12 +169,37 @@ def _baselines(out: Path, cfg: QuickstartConfig, progress: bool) -> dict:
     return res
 
 
+def _counterfactual(out: Path, cfg: QuickstartConfig, workers: int, progress: bool) -> dict:
+    """Render the family's counterfactual sweeps on ``counterfactual_bases`` base scenes, extract the autoencoder's
+    hook on each, and measure its SAE features' responses into ``scores/`` (responses.*, the report's section);
+    skipped when the responses are newer than the scores and every store."""
+    from frobnolab.scenes.counterfactual import render_sweeps, slug
+
+    from .counterfactual import ResponseConfig, inputs_of, respond
+
+    root = out / "counterfactual"
+    data = render_sweeps(cfg.family, cfg.counterfactual_bases, seed=cfg.seed, size=cfg.size, out_root=root / "data",
+                         workers=workers, progress=progress, command="frobnolab quickstart")
+    stores = [extract(ExtractConfig(model=str((out / "ae").resolve()), dataset=str(d.resolve()), hooks=(cfg.hook,),
+                                    tokens_per_image=cfg.counterfactual_tokens, seed=cfg.seed),
+                      root / "store" / slug(f), force=True, progress=progress) for f, d in data.items()]
+    done = out / "scores" / "responses.json"
+    if done.exists():  # up to date when measured from the same SAE and the same tokens (by content)
+        prev = json.loads(done.read_text())
+        summary = json.loads((out / "scores" / "summary.json").read_text())
+        if prev.get("inputs") == inputs_of(summary, [ActivationStore(st) for st in stores], cfg.hook) and \
+                prev.get("config") == json.loads(dumps(asdict(ResponseConfig()))):
+            return prev
+    return respond(out / "scores", stores, progress=progress)
+
+
 def _gallery(scores: Path, out: Path, progress: bool):
     """Build the gallery unless it is newer than the scores it shows."""
     from .gallery import build_gallery
 
     index = out / "index.html"
-    if index.exists() and index.stat().st_mtime >= (scores / "summary.json").stat().st_mtime:
+    shown = [scores / "summary.json"] + [p for p in [scores / "responses.json"] if p.exists()]
+    if index.exists() and index.stat().st_mtime >= max(p.stat().st_mtime for p in shown):
         return out
     return build_gallery(scores, out, progress=progress)
 
@@ -174,7 +207,8 @@ def _gallery(scores: Path, out: Path, progress: bool):
 # the file whose modification time says when each stage last made its output
 STAGE_OUTPUTS = {"render": "render/manifest.json", "train-ae": "ae/training.json", "extract": "store/manifest.json",
                  "train-sae": "sae/training.json", "score": "scores/summary.json",
-                 "null-model": "scores/random_model_null.json", "baselines": "scores/baselines.json", "gallery": "gallery/index.html",
+                 "null-model": "scores/random_model_null.json", "baselines": "scores/baselines.json",
+                 "counterfactual": "scores/responses.json", "gallery": "gallery/index.html",
                  "extract-taesd": "taesd-store/manifest.json", "train-sae-taesd": "taesd-sae/training.json",
                  "score-taesd": "taesd-scores/summary.json", "gallery-taesd": "taesd-gallery/index.html"}
 
@@ -231,6 +265,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
         stage("null-model", lambda: _random_model_null(out, data, cfg, progress))
     if cfg.baselines:
         stage("baselines", lambda: _baselines(out, cfg, progress))
+    if cfg.counterfactual_bases:
+        stage("counterfactual", lambda: _counterfactual(out, cfg, workers, progress))
     stage("gallery", lambda: _gallery(out / "scores", out / "gallery", progress))
     if taesd:
         stage("extract-taesd", lambda: extract(ExtractConfig(

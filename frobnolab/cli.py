@@ -263,6 +263,37 @@ def _cmd_validate_scorer(args) -> int:
     return 0 if r["passed"] else 1
 
 
+def _cmd_validate_counterfactual(args) -> int:
+    from frobnolab.analysis.planted_counterfactual import over_seeds
+
+    r = over_seeds(args.out, args.seeds, bases=args.bases, size=args.size, progress=not args.quiet)
+    for s, v in r["per_seed"].items():
+        print(f"seed {s}: factor units attributed {v['attributed']:.0%}, noise at null {v['noise_at_null']}, "
+              f"whole-image unit responds at a distance {v['global_distant']}  ->  "
+              f"{'PASSED' if v['passed'] else 'FAILED'}")
+    for m in r["missed"]:
+        p = "-" if m["p"] is None else f"{m['p']:.3f}"
+        sel = "-" if m["selectivity"] is None else f"{m['selectivity']:.2f}"
+        print(f"  missed (seed {m['seed']}): {m['unit']} ({m['factor']}): assigned {m['assigned'] or 'nothing'}, "
+              f"p {p}, selectivity {sel}")
+    print(f"seeds {','.join(map(str, r['seeds']))}: {r['attributed']:.0%} of factor units attributed  ->  "
+          f"{'PASSED' if r['passed'] else 'FAILED'}")
+    return 0 if r["passed"] else 1
+
+
+def _cmd_respond(args) -> int:
+    from frobnolab.analysis.counterfactual import ResponseConfig, respond
+
+    s = respond(args.scores, args.stores, ResponseConfig(n_null=args.n_null), progress=not args.quiet)
+    for f in s["factors"]:
+        print(f"{f['factor']:34s} pairs {f['pairs']:6d}  truth changed at {f['changed_share']:4.0%} of tokens  "
+              f"features responding {f['responding']:4d} of {s['alive']}  explained by it {f['explained']:4d}")
+    for j, v in s["candidates"].items():
+        print(f"candidate {j}: {v}")
+    print(f"responses: {args.scores}/responses.parquet  report: {args.scores}/report.md")
+    return 0
+
+
 def _benchmark_lines(data, args) -> int:
     """``validate-scorer --benchmark``: the planted grammar benchmark (analysis/planted_grammar.py), one line per
     rule and the pooled figures; exit 0 whatever they are (a measurement: benchmark.json's meets_bar says whether
@@ -651,6 +682,34 @@ def _validate_scorer_options(t):
                         f"{','.join(map(str, DEV_SEEDS))})")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_validate_scorer)
+
+
+@_command("validate-counterfactual", "check the counterfactual responses on planted units of real re-renders")
+def _validate_counterfactual_options(t):
+    from frobnolab.analysis.planted_counterfactual import DEV_SEEDS, REPORT_SEEDS, validate_counterfactual
+
+    t.add_argument("--out", required=True, help="folder for the renders, tokens and seeds.json")
+    t.add_argument("--seeds", type=_ints, default=DEV_SEEDS,
+                   help=f"seeds of the base scenes and units (default: the development seed; reported on "
+                        f"{','.join(map(str, REPORT_SEEDS))})")
+    t.add_argument("--bases", type=int, default=default(validate_counterfactual, "bases"),
+                   help="base scenes per sweep")
+    t.add_argument("--size", type=int, default=default(validate_counterfactual, "size"), help="image side in pixels")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_cmd_validate_counterfactual)
+
+
+@_command("respond", "measure an SAE's features' responses on counterfactual stores (one factor moved each)")
+def _respond_options(t):
+    from frobnolab.analysis.counterfactual import ResponseConfig
+
+    t.add_argument("scores", help="the SAE's scores folder (frobnolab score); responses are written into it")
+    t.add_argument("--stores", nargs="+", required=True,
+                   help="stores extracted from the same model at the SAE's hook on counterfactual datasets "
+                        "(frobnolab counterfactual, then frobnolab extract), one per factor")
+    _option(t, "--n-null", ResponseConfig, "n_null")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_cmd_respond)
 
 
 @_command("gallery", "write a scored run's feature gallery as a static HTML site")

@@ -29,7 +29,7 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     # absolute path, which the copy changed
     assert set(made) - set(done["skipped"]) == {"extract"}
     assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "baselines",
-                           "gallery", "extract-taesd",
+                           "counterfactual", "gallery", "extract-taesd",
                            "train-sae-taesd", "score-taesd", "gallery-taesd"}
     for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
               "taesd-sae/sae/sae_weights.safetensors", "scores/features.parquet", "scores/report.md",
@@ -43,6 +43,13 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     assert set(cmp["ceiling"]) >= {"depth", "albedo", "luminance"} and "depth" in cmp["concepts"]
     report = (run / "scores" / "report.md").read_text()
     assert report.count("## Baselines") == 1 and "| units | 16 (" in report, report[-2000:]
+    # the features' responses to each factor of the family's sweeps, moved alone, beside their null
+    resp = json.loads((run / "scores" / "responses.json").read_text())
+    from frobnolab.scenes.family import load_family
+
+    assert [f["factor"] for f in resp["factors"]] == [s["factor"] for s in load_family("shapes").sweeps]
+    assert all(f["pairs"] > 0 and 0 < f["changed_share"] <= 1 for f in resp["factors"]), resp["factors"]
+    assert report.count("## Counterfactual responses") == 1 and (run / "scores" / "figures" / "responses.png").exists()
     null = json.loads((run / "scores" / "random_model_null.json").read_text())
     assert set(null) >= {"named_best", "scene_r2", "frob"} and 0 <= null["scene_r2"]["share_of_real_features_above"] <= 1
     ev = json.loads((run / "sae" / "training.json").read_text())["evaluation"]
