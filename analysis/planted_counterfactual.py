@@ -80,7 +80,7 @@ def units(gt: np.ndarray, columns: list[str], where: np.ndarray, base_of_image: 
     add("shadow", "factor", sh, c("shadow"))
     add("shadow on the floor", "factor", sh, c("shadow") * floor)
     add("object 0's specular", "factor", rough, c("specular") * obj0)
-    add("object 0's highlight", "factor", rough, ((c("specular") > 0.05) * obj0).astype(float))
+    add("object 0's highlight", "factor", rough, ((c("specular") > 0.02) * obj0).astype(float))
     add("image's backdrop warmth", "global", bg_hue, image_mean_warmth[where[:, 0]])
     key = (base_of_image[where[:, 0]].astype(np.int64) * 1000 + where[:, 1]) * 1000 + where[:, 2]
     for k in range(N_NOISE):
@@ -157,9 +157,12 @@ def validate_counterfactual(out: str | Path, *, family: str = "shapes", bases: i
     return res
 
 
-DEV_SEEDS = (0,)
-"""The seed the planted design was developed on (base scenes and noise units)."""
-REPORT_SEEDS = (1, 2, 3)
+DEV_SEEDS = (0, 1, 2, 3)
+"""The seeds the planted design was developed on (base scenes and noise units). Seeds 1-3 were the first report
+seeds: on them the highlight unit's threshold (pooled specular > 0.05) was never crossed differently within the
+roughness ladder (a unit with no response, a fault of the design), so it was lowered to 0.02 and the report moved
+to fresh seeds."""
+REPORT_SEEDS = (4, 5, 6)
 """The seeds its figures are reported on (not looked at while the design was changed)."""
 
 

@@ -249,7 +249,7 @@ def test_cli_impossible_value_names_base_field_and_value(tmp_path, capsys):
 
 def test_cli_without_factor_needs_listed_sweeps(tmp_path, capsys):
     out = tmp_path / "cf"
-    assert main(["counterfactual", "shapes", "--n", "1", "--size", "16", "--out", str(out), "--quiet"]) == 2
+    assert main(["counterfactual", "textures", "--n", "1", "--size", "16", "--out", str(out), "--quiet"]) == 2
     _one_line(capsys, "lists no counterfactuals")
     _nothing_written(out)
     assert main(["counterfactual", "clutter", "--factor", "object0.size", "--n", "1", "--out", str(out)]) == 2
