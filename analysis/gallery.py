@@ -5,13 +5,16 @@ For each shown feature: top-activating crops with the activation heatmap over th
 concept maps beside them; the activation histogram; the concept-match bars (cross-validated eta^2 per concept)
 with the random-direction null; the causal ablation (model output before / after ablating the feature / the change
 of the error against the optimal output); for coordinate fields, a slice through the 3D activation field next to
-the same slice of the scene's signed distance.
+the same slice of the scene's signed distance. Where the scores folder has counterfactual responses
+(``responses.parquet``, :mod:`frobnolab.analysis.counterfactual`), the index shows their heatmap and one line per
+factor, and each feature page the factors it responds to.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import shutil
 from functools import cached_property
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 from frobnolab.errors import UnknownNameError
 from frobnolab.files import atomic_folder
 
+from .counterfactual import explained_by, per_feature, read_responses
 from .report import feature_figure, feature_maps, save_figure
 from .score import read_table
 from .store import ActivationStore
@@ -258,6 +262,46 @@ def _clean(v):
     return v
 
 
+def _num(v, fmt: str = ".3f") -> str:
+    return format(float(v), fmt) if v is not None and np.isfinite(float(v)) else "n/a"
+
+
+def responses_section(summary: dict, figure: str | None) -> str:
+    """The index page's "Counterfactual responses" section (HTML): the heatmap and one line per factor."""
+    cfg = summary.get("config", {})
+    lines = "".join(
+        f"<li><code>{html.escape(str(f['factor']))}</code>: {int(f['responding'])} of {int(summary['alive'])} "
+        f"features responding, {int(f['explained'])} explained by it (null 95th pct effect "
+        f"{_num(f['null95_effect'])}; {int(f['pairs'])} token pairs, truth changed at "
+        f"{_num(100 * float(f['changed_share']), '.0f')}%)</li>" for f in summary["factors"])
+    img = (f"<img alt='feature x factor counterfactual responses' src='img/{html.escape(figure)}'>"
+           if figure else "")
+    return (f"<h2>Counterfactual responses</h2><p>Each factor was moved alone and the scene re-rendered. Effect: "
+            f"mean |delta activation| between a rung and its base, in units of the feature's standard deviation, "
+            f"against {int(summary['n_null'])} random directions at matching firing rates; responding at "
+            f"q &le; {html.escape(str(cfg.get('q_level', 'n/a')))}; explained by a factor when it carries "
+            f"&ge; {_num(summary['selective_bar'], '.2f')} of the feature's summed effect and beats its nulls.</p>"
+            f"{img}<ul>{lines}</ul>")
+
+
+def responds_block(rows: list[dict] | None, explained: str, candidate: bool, top: int = 5) -> str:
+    """A feature page's "Responds to" block (HTML): its strongest factors (at most ``top``) and the verdict."""
+    if rows is None:
+        return "<h2>Responds to</h2><p>Does not fire on the counterfactual ladders (not measured).</p>"
+    sign = lambda v: ("n/a" if not np.isfinite(v) else "rises" if v > 0 else "falls" if v < 0  # noqa: E731
+                      else "no net direction")
+    head = "".join(f"<th>{h}</th>" for h in ("factor", "effect", "null 95th pct", "local", "distant",
+                                             "with the factor", "selectivity", "q"))
+    body = "".join(
+        f"<tr><td class='s'><code>{html.escape(str(r['factor']))}</code></td><td>{_num(r['effect'])}</td>"
+        f"<td>{_num(r['null95'])}</td><td>{_num(r['local'])}</td><td>{_num(r['distant'])}</td>"
+        f"<td class='s'>{sign(r['sign'])}</td><td>{_num(r['selectivity'], '.2f')}</td>"
+        f"<td>{_num(r['q'], '.3g')}</td></tr>" for r in rows[:top])
+    verdict = (f"<p class='verdict'>explained by <code>{html.escape(explained)}</code></p>" if explained else
+               "<p class='verdict'>no single factor explains it</p>" if candidate else "")
+    return f"<h2>Responds to</h2><table class='responds'><tr>{head}</tr>{body}</table>{verdict}"
+
+
 def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, progress: bool = True) -> Path:
     """Write the static gallery of a scored run into ``out`` (index.html + one page per shown feature)."""
     from tqdm.auto import tqdm
@@ -273,6 +317,16 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
             maps = feature_maps(run.store, run.hook, run.sae, ims)
         pages = {}
         title = html.escape(f"{run.summary['sae']} on {run.hook}")
+        resp = read_responses(run.scores)
+        section = ""
+        if resp is not None:
+            rtable, rsummary = resp
+            by_feature = per_feature(rtable)
+            explained = explained_by(rtable)
+            heat = run.scores / "figures" / "responses.png"
+            if heat.exists():
+                shutil.copyfile(heat, tmp / "img" / "responses.png")
+            section = responses_section(rsummary, "responses.png" if heat.exists() else None)
         for j in tqdm(shown, desc="gallery", disable=not progress):
             figs = feature_figures(run, j, tmp / "img", maps)
             t = {c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}
@@ -282,6 +336,8 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
                            for k, p in figs.items())
             what = (f"<h2>What it computes</h2><p><code>{html.escape(str(t['description']))}</code> "
                     f"(cross-validated R<sup>2</sup> {t['description_r2']})</p>")
+            if resp is not None:
+                what += responds_block(by_feature.get(j), explained.get(j, ""), bool(t["candidate"]))
             page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
                     f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
                     f"<p>{title}</p>{what}<table>{facts}</table>{imgs}</body></html>")
@@ -300,7 +356,7 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
                  f"<div class='controls'><label>concept <input id='concept' placeholder='e.g. depth'></label>"
                  f"<label>min frobnoloid score <input id='minfrob' type='number' step='0.01' value='0'></label>"
                  f"<label><input id='cand' type='checkbox'> candidates only</label><span id='count'></span></div>"
-                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>"
+                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>{section}"
                  f"<script id='data' type='application/json'>{data}</script>"
                  f"<script>const COLS={json.dumps(list(TABLE_COLUMNS))};{_JS}</script></body></html>")
         (tmp / "index.html").write_text(index)

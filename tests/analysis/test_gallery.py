@@ -91,3 +91,100 @@ def test_user_strings_are_escaped(tiny_run, browser, tmp_path):
         assert page.evaluate("window.pwned") is None, f.name
         assert evil in page.inner_text("body")  # shown as text
         assert [e for e in errors if not e.startswith("network")] == []
+
+
+# ------------------------------------------------------------------------------------- counterfactual responses
+
+def _ladder(factor: str, channel: int, rng, d: int, bases: int = 6, rungs: int = 4, hw: int = 8):
+    """A ladder of d channels over bases x rungs images of hw x hw tokens: ``channel`` follows the factor's value
+    inside a patch (where the ground truth changes); every other channel is a fixed function of (base, position)."""
+    from frobnolab.analysis.counterfactual import Ladder
+
+    images = np.arange(bases * rungs)
+    base, rung = images // rungs, images % rungs
+    value = rng.uniform(0, 1, bases)[base] + 0.5 * rung
+    rows, cols = np.meshgrid(np.arange(hw), np.arange(hw), indexing="ij")
+    where = np.stack([np.repeat(images, hw * hw), np.tile(rows.ravel(), len(images)),
+                      np.tile(cols.ravel(), len(images))], 1)
+    img = where[:, 0]
+    acts = 2.0 * rng.normal(size=(bases, hw * hw, d))[base[img], np.tile(np.arange(hw * hw), len(images))]
+    patch = (where[:, 1] < hw // 2) & (where[:, 2] < hw // 2)
+    acts[:, channel] = np.where(patch, 1.0 + 2.0 * value[img], acts[:, channel])
+    gt = np.where(patch, value[img], 0.0)[:, None]
+    return Ladder(factor, acts, gt, where, base, rung, value)
+
+
+EVIL_FACTOR = "size<script>window.pwned=3</script>"
+
+
+@pytest.fixture(scope="module")
+def responses_sites(tiny_run, tmp_path_factory):
+    """Two galleries of one copy of the tiny run's scores: without counterfactual responses, then with a realistic
+    responses table (from synthetic ladders) where the first shown feature answers to "hue" alone and the second is
+    marked a frobnoloid candidate that no factor moves."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from frobnolab.analysis.counterfactual import ResponseConfig, responses, write_responses
+    from frobnolab.analysis.gallery import load_run, shown_features
+
+    root = tmp_path_factory.mktemp("cf")
+    scores = root / "run" / "scores"
+    shutil.copytree(tiny_run / "scores", scores)
+    for f in (scores / "responses.parquet", scores / "responses.json", scores / "figures" / "responses.png"):
+        f.unlink(missing_ok=True)
+    shown = shown_features(load_run(root / "run"), 3)
+    assert len(shown) >= 2
+    t = pq.read_table(scores / "features.parquet")
+    cand = np.asarray(t.column("candidate").to_pylist(), bool)
+    cand[shown[1]] = True
+    t = t.set_column(t.column_names.index("candidate"), "candidate", pa.array(cand))
+    pq.write_table(t, scores / "features.parquet")
+    plain = build_gallery(root / "run", root / "plain", n_pages=3, progress=False)
+
+    F = t.num_rows
+    other = next(j for j in range(F) if j not in shown)
+    rng = np.random.default_rng(0)
+    ladders = [_ladder("hue", shown[0], rng, F), _ladder(EVIL_FACTOR, other, rng, F)]
+    table, summary = responses(ladders, lambda a: a, F, ResponseConfig(n_null=1024))
+    exp = dict(zip(table["feature"], table["explained_by"]))
+    assert exp[shown[0]] == "hue" and exp[shown[1]] == ""  # the synthetic answer the pages must show
+    assert summary["factors"][0]["responding"] >= 1
+    write_responses(table, summary, scores)
+    site = build_gallery(root / "run", root / "site", n_pages=3, progress=False)
+    return plain, site, shown, summary
+
+
+def test_gallery_shows_counterfactual_responses(responses_sites, browser):
+    import html
+
+    plain, site, shown, summary = responses_sites
+    index = (site / "index.html").read_text()
+    assert "<h2>Counterfactual responses</h2>" in index
+    assert (site / "img" / "responses.png").stat().st_size > 0
+    hue = summary["factors"][0]
+    assert (f"<code>hue</code>: {hue['responding']} of {summary['alive']} features responding, "
+            f"{hue['explained']} explained by it") in index
+    assert EVIL_FACTOR not in index and html.escape(EVIL_FACTOR) in index
+    page, errors = open_page(browser, (site / "index.html").as_uri())
+    assert page.evaluate("window.pwned") is None
+    width = page.eval_on_selector("img[src='img/responses.png']", "e => e.naturalWidth")
+    assert width > 0 and errors == []
+
+    first = (site / f"feature_{shown[0]}.html").read_text()
+    assert "<h2>Responds to</h2>" in first
+    block = first.split("<h2>Responds to</h2>")[1].split("</table>")[0]
+    assert block.index("<code>hue</code>") < block.index(html.escape(EVIL_FACTOR))  # strongest factor first
+    assert "explained by <code>hue</code>" in first
+    second = (site / f"feature_{shown[1]}.html").read_text()
+    assert "<h2>Responds to</h2>" in second and "no single factor explains it" in second
+    assert "explained by" not in second
+    for f in site.glob("feature_*.html"):
+        page, errors = open_page(browser, f.as_uri())
+        assert page.evaluate("window.pwned") is None and errors == [], f.name
+
+    # the same scores without responses: no section, no block, no heatmap
+    assert "Counterfactual responses" not in (plain / "index.html").read_text()
+    assert not (plain / "img" / "responses.png").exists()
+    for f in plain.glob("feature_*.html"):
+        assert "Responds to" not in f.read_text()
