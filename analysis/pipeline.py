@@ -6,8 +6,8 @@
     runs/NAME/sae/       SAE (sae-lens format in sae/sae)
     runs/NAME/scores/    per-feature scores, summary and report (frobnolab.analysis.score); baselines.json
     runs/NAME/baselines/ the baseline dictionaries (units, PCA, ...) scored beside the SAE (analysis/baseline_table.py)
-    runs/NAME/counterfactual/ the family's counterfactual sweeps (data/) and the autoencoder's stores on them
-                         (store/); the SAE features' responses go into scores/ (responses.*)
+    runs/NAME/counterfactual/ the family's counterfactual sweeps (data/) and each model's stores on them (store/,
+                         taesd-store/); the SAE features' responses go into scores/ and taesd-scores/ (responses.*)
     runs/NAME/gallery/   the static feature gallery (index.html)
     runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd)
 """
@@ -63,9 +63,9 @@ class QuickstartConfig:
     """Baseline dictionaries scored on the autoencoder's hook beside its SAE (kind or kind:N; () for none; nmf's
     fit alone took 68 s of the main job, so it is not in the default)."""
     counterfactual_bases: int = 4
-    """Base scenes of each counterfactual sweep the family lists (``counterfactuals:`` in its file): the
-    autoencoder's SAE features' responses to each factor moved alone (``analysis/counterfactual.py``); 0: no
-    counterfactual stage."""
+    """Base scenes of each counterfactual sweep the family lists (``counterfactuals:`` in its file): each studied
+    model's SAE features' responses to each factor moved alone (``analysis/counterfactual.py``); 0: no
+    counterfactual stages."""
     counterfactual_tokens: int = 256
     """Tokens kept per counterfactual image (the same positions at every rung of a base; 0: all)."""
     seed: int = 0
@@ -169,10 +169,12 @@ def _baselines(out: Path, cfg: QuickstartConfig, progress: bool) -> dict:
     return res
 
 
-def _counterfactual(out: Path, cfg: QuickstartConfig, workers: int, progress: bool) -> dict:
-    """Render the family's counterfactual sweeps on ``counterfactual_bases`` base scenes, extract the autoencoder's
-    hook on each, and measure its SAE features' responses into ``scores/`` (responses.*, the report's section);
-    skipped when the responses are newer than the scores and every store."""
+def _counterfactual(out: Path, cfg: QuickstartConfig, workers: int, progress: bool, *, model: str, hook: str,
+                    scores: str, stores: str) -> dict:
+    """Render the family's counterfactual sweeps on ``counterfactual_bases`` base scenes (once for every model),
+    extract ``model``'s ``hook`` on each into ``counterfactual/STORES/``, and measure the SAE features' responses
+    into ``SCORES/`` (responses.*, the report's section); skipped when the responses were measured from the same SAE
+    and the same tokens."""
     from frobnolab.scenes.counterfactual import render_sweeps, slug
 
     from .counterfactual import ResponseConfig, inputs_of, respond
@@ -180,17 +182,17 @@ def _counterfactual(out: Path, cfg: QuickstartConfig, workers: int, progress: bo
     root = out / "counterfactual"
     data = render_sweeps(cfg.family, cfg.counterfactual_bases, seed=cfg.seed, size=cfg.size, out_root=root / "data",
                          workers=workers, progress=progress, command="frobnolab quickstart")
-    stores = [extract(ExtractConfig(model=str((out / "ae").resolve()), dataset=str(d.resolve()), hooks=(cfg.hook,),
-                                    tokens_per_image=cfg.counterfactual_tokens, seed=cfg.seed),
-                      root / "store" / slug(f), force=True, progress=progress) for f, d in data.items()]
-    done = out / "scores" / "responses.json"
+    made = [extract(ExtractConfig(model=model, dataset=str(d.resolve()), hooks=(hook,),
+                                  tokens_per_image=cfg.counterfactual_tokens, seed=cfg.seed),
+                    root / stores / slug(f), force=True, progress=progress) for f, d in data.items()]
+    done = out / scores / "responses.json"
     if done.exists():  # up to date when measured from the same SAE and the same tokens (by content)
         prev = json.loads(done.read_text())
-        summary = json.loads((out / "scores" / "summary.json").read_text())
-        if prev.get("inputs") == inputs_of(summary, [ActivationStore(st) for st in stores], cfg.hook) and \
+        summary = json.loads((out / scores / "summary.json").read_text())
+        if prev.get("inputs") == inputs_of(summary, [ActivationStore(st) for st in made], hook) and \
                 prev.get("config") == json.loads(dumps(asdict(ResponseConfig()))):
             return prev
-    return respond(out / "scores", stores, progress=progress)
+    return respond(out / scores, made, progress=progress)
 
 
 def _gallery(scores: Path, out: Path, progress: bool):
@@ -210,7 +212,8 @@ STAGE_OUTPUTS = {"render": "render/manifest.json", "train-ae": "ae/training.json
                  "null-model": "scores/random_model_null.json", "baselines": "scores/baselines.json",
                  "counterfactual": "scores/responses.json", "gallery": "gallery/index.html",
                  "extract-taesd": "taesd-store/manifest.json", "train-sae-taesd": "taesd-sae/training.json",
-                 "score-taesd": "taesd-scores/summary.json", "gallery-taesd": "taesd-gallery/index.html"}
+                 "score-taesd": "taesd-scores/summary.json", "counterfactual-taesd": "taesd-scores/responses.json",
+                 "gallery-taesd": "taesd-gallery/index.html"}
 
 
 def check_taesd(taesd: str | Path) -> Path:
@@ -266,7 +269,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
     if cfg.baselines:
         stage("baselines", lambda: _baselines(out, cfg, progress))
     if cfg.counterfactual_bases:
-        stage("counterfactual", lambda: _counterfactual(out, cfg, workers, progress))
+        stage("counterfactual", lambda: _counterfactual(out, cfg, workers, progress, model=str((out / "ae").resolve()),
+                                                        hook=cfg.hook, scores="scores", stores="store"))
     stage("gallery", lambda: _gallery(out / "scores", out / "gallery", progress))
     if taesd:
         stage("extract-taesd", lambda: extract(ExtractConfig(
@@ -277,6 +281,10 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
                                                    progress=progress))
         stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
                                             progress))
+        if cfg.counterfactual_bases:
+            stage("counterfactual-taesd", lambda: _counterfactual(
+                out, cfg, workers, progress, model=f"taesd:{Path(taesd).resolve()}", hook=cfg.taesd_hook,
+                scores="taesd-scores", stores="taesd-store"))
         stage("gallery-taesd", lambda: _gallery(out / "taesd-scores", out / "taesd-gallery", progress))
     write_json(out / "stages.json", {"seconds": {k: made[k] for k in times}, "skipped": skipped, "this_run": times,
                                      "config": asdict(cfg), "taesd": str(taesd) if taesd else None})

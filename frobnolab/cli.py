@@ -515,8 +515,11 @@ def _counterfactual_options(c):
     c.add_argument("--factor", help="the factor to change, a field path as the dataset's factor names (object0.size, "
                    "object0.material.color.hsv[0], lights[0].intensity, camera.pose.azimuth, shadows, ...); without "
                    "it, every sweep the family lists (counterfactuals:) is rendered, each into OUT/<factor>/")
-    c.add_argument("--values", type=_floats, help="rung r sets the factor to the r-th value (V1,V2,...)")
-    c.add_argument("--deltas", type=_floats, help="rung r adds the r-th delta to each base's drawn value (D1,D2,...)")
+    c.add_argument("--values", type=_floats,
+                   help="rung r sets the factor to the r-th value (V1,V2,...; a list that starts with a minus: "
+                        "--values=-110,-70)")
+    c.add_argument("--deltas", type=_floats,
+                   help="rung r adds the r-th delta to each base's drawn value (D1,D2,...; --deltas=-20,0,20)")
     c.add_argument("--n", type=int, required=True, help="base scenes (the dataset has n x rungs images: image "
                    "b x rungs + r is base b at rung r)")
     _option(c, "--seed", RenderConfig, "seed")

@@ -27,6 +27,7 @@ SIZES = [
     (r"--n 1000 --size 64", "--n 16 --size 32 --workers 1"),          # render shapes
     (r"--n 96 --size 64", "--n 16 --size 32 --workers 1"),            # render single
     (r"--n 100 (--out \S+/mine) --workers 2", r"--n 4 \1 --workers 1"),  # render your own family
+    (r"--n 8 --size 64", "--n 2 --size 32 --workers 1"),              # counterfactual renders
     (r"--steps 1500", "--steps 5"),                                   # train-ae
     (r"--max-seconds 180", "--steps 5"),                              # train-field
     (r"^frobnolab (train-sae|sweep-sae) ", r"frobnolab \1 --tokens 4096 --batch-size 256 "),
@@ -60,6 +61,8 @@ print(f"{path}: JupyterLab is there; its kernel finds the run {run.scores} ({len
 LEFT_OUT = {
     r"^frobnolab validate-scorer ": "renders 160 images at 64x64 and scores planted truth: minutes; "
                                     "tests/analysis/test_score.py runs the validation",
+    r"^frobnolab validate-counterfactual ": "renders six sweeps of six base scenes per seed, three seeds; "
+                                            "tests/analysis/test_counterfactual_planted.py runs seed 0",
 }
 
 
