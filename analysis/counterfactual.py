@@ -226,6 +226,9 @@ def responses(ladders: list[Ladder], encode, n_features: int, cfg: ResponseConfi
         "null_selectivity95": float(null_select95), "selective_bar": float(bar),
         "explained": int(explained[alive].sum()),
         "null_responding": [float(np.mean(effect[null, k] > null95[k])) for k in range(K)],
+        # how many (feature, factor) tests beat their matched nulls at 5% at all, beside the 5% chance gives
+        "p05": {"tests": int(np.isfinite(p[alive]).sum()), "observed": int(np.sum(p[alive] <= 0.05)),
+                "expected_by_chance": float(0.05 * np.isfinite(p[alive]).sum())},
         "config": asdict(cfg),
     }
     return table, summary
@@ -327,6 +330,10 @@ def report_lines(table: dict, summary: dict, candidates: list[int], figure: str 
     for f in summary["factors"]:
         lines.append(f"| `{f['factor']}` | {f['pairs']} | {f['changed_share']:.0%} | {f['null95_effect']:.3f} | "
                      f"{f['responding']} of {summary['alive']} | {f['explained']} |")
+    if "p05" in summary:
+        c = summary["p05"]
+        lines += ["", f"Of {c['tests']} (feature, factor) tests, {c['observed']} beat their matched nulls at p <= 0.05; "
+                  f"chance alone gives {c['expected_by_chance']:.0f}."]
     if figure:
         lines += ["", f"![feature x factor responses]({figure})"]
     if candidates:

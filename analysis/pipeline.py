@@ -10,6 +10,9 @@
                          taesd-store/); the SAE features' responses go into scores/ and taesd-scores/ (responses.*)
     runs/NAME/gallery/   the static feature gallery (index.html)
     runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd)
+    runs/NAME/compare/   the autoencoder's and TAESD's features matched on the same pixels (analysis/compare.py)
+    runs/NAME/*scores/verdicts.json  each frobnoloid candidate against the random model, the baselines and the
+                         counterfactuals (analysis/verdict.py), also in the report
 """
 
 from __future__ import annotations
@@ -195,6 +198,41 @@ def _counterfactual(out: Path, cfg: QuickstartConfig, workers: int, progress: bo
     return respond(out / scores, made, progress=progress)
 
 
+def _verdicts(out: Path, cfg: QuickstartConfig, taesd: bool) -> dict:
+    """Each model's frobnoloid candidates against every other kind of evidence the run has (``analysis/verdict.py``):
+    ``SCORES/verdicts.json`` and the report's "Frobnoloid verdicts" section (files left as they are when
+    unchanged)."""
+    from .report import replace_section
+    from .verdict import report_lines, verdicts
+
+    res = {}
+    for folder, extra in (("scores", {"random_null": out / "scores" / "random_model_null.json",
+                                      "baselines": {b: out / "baselines" / b.replace(":", "-")
+                                                    for b in cfg.baselines}}),
+                          ("taesd-scores", {})):
+        if folder == "taesd-scores" and not taesd:
+            continue
+        v = verdicts(out / folder, **extra)
+        path = out / folder / "verdicts.json"
+        if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(v)):
+            write_json(path, v)
+            replace_section(out / folder / "report.md", report_lines(v))
+        res[folder] = v
+    return res
+
+
+def _compare(out: Path) -> dict:
+    """The autoencoder's and TAESD's SAE features matched on the same held-out pixels (``analysis/compare.py``):
+    ``compare/compare.json`` and ``compare.md``, unless newer than both scores."""
+    from .compare import compare
+
+    done = out / "compare" / "compare.json"
+    newest = max((out / f / "summary.json").stat().st_mtime_ns for f in ("scores", "taesd-scores"))
+    if done.exists() and done.stat().st_mtime_ns >= newest:
+        return json.loads(done.read_text())
+    return compare(out / "scores", out / "taesd-scores", out / "compare")
+
+
 def _gallery(scores: Path, out: Path, progress: bool):
     """Build the gallery unless it is newer than the scores it shows."""
     from .gallery import build_gallery
@@ -213,7 +251,8 @@ STAGE_OUTPUTS = {"render": "render/manifest.json", "train-ae": "ae/training.json
                  "counterfactual": "scores/responses.json", "gallery": "gallery/index.html",
                  "extract-taesd": "taesd-store/manifest.json", "train-sae-taesd": "taesd-sae/training.json",
                  "score-taesd": "taesd-scores/summary.json", "counterfactual-taesd": "taesd-scores/responses.json",
-                 "gallery-taesd": "taesd-gallery/index.html"}
+                 "gallery-taesd": "taesd-gallery/index.html", "verdicts": "scores/verdicts.json",
+                 "compare": "compare/compare.json"}
 
 
 def check_taesd(taesd: str | Path) -> Path:
@@ -286,6 +325,9 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
                 out, cfg, workers, progress, model=f"taesd:{Path(taesd).resolve()}", hook=cfg.taesd_hook,
                 scores="taesd-scores", stores="taesd-store"))
         stage("gallery-taesd", lambda: _gallery(out / "taesd-scores", out / "taesd-gallery", progress))
+    stage("verdicts", lambda: _verdicts(out, cfg, bool(taesd)))
+    if taesd:
+        stage("compare", lambda: _compare(out))
     write_json(out / "stages.json", {"seconds": {k: made[k] for k in times}, "skipped": skipped, "this_run": times,
                                      "config": asdict(cfg), "taesd": str(taesd) if taesd else None})
     return times

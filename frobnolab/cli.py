@@ -294,6 +294,39 @@ def _cmd_respond(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from frobnolab.analysis.compare import compare
+
+    r = compare(args.scores_a, args.scores_b, args.out)
+    for side in ("a", "b"):
+        v = r[side]
+        print(f"{side.upper()}: {v['hook']} (stride {v['stride']}): {v['shared']} of {v['alive']} live features shared "
+              f"(best match above the rotated-image null's 95th percentile, {v['null95']:.3f})")
+    if "splits" in r:
+        kids = sum(len(v) > 1 for v in r["splits"]["children"].values())
+        print(f"splits: {kids} narrow features with two or more wide children")
+    print(f"matched on {r['cells']} held-out cells; {args.out}/compare.md")
+    return 0
+
+
+def _cmd_paint(args) -> int:
+    from frobnolab.analysis.paint import paint
+
+    ops = [(op, v) for op, v in (("set", args.set), ("add", args.add), ("scale", args.scale)) if v is not None]
+    if len(ops) != 1:
+        raise ValueError("give exactly one of --set, --add or --scale")
+    r = paint(args.scores, args.image, args.features, op=ops[0][0], value=ops[0][1], mask=args.mask, out=args.out)
+    for when in ("before", "after"):
+        for where in ("inside", "outside"):
+            m = r[when][where]
+            print(f"{when:6s} {where:7s}: luma {m['luma']:.3f}  hue {m['hue']:6.1f}  edge energy {m['edge_energy']:.4f}")
+    d = r["distribution"]
+    print(f"locality {r['locality']:.2f} (the mask is {r['mask_share']:.0%} of the image); edited tokens' nearest "
+          f"training activation {d['edited_over_clean_nn_distance']:.2f}x as far as the unedited reconstruction's; "
+          f"{args.out}/paint.png")
+    return 0
+
+
 def _benchmark_lines(data, args) -> int:
     """``validate-scorer --benchmark``: the planted grammar benchmark (analysis/planted_grammar.py), one line per
     rule and the pooled figures; exit 0 whatever they are (a measurement: benchmark.json's meets_bar says whether
@@ -370,6 +403,16 @@ def _cmd_quickstart(args) -> int:
             print(f"  {name} beyond chance (q <= {f['q_level']}, {f['tested']} live features): {f['discoveries_gap']} "
                   f"gaps, {f['discoveries_named']} named matches, {f['discoveries_scene']} scene R2s; "
                   f"{s['candidates']} frobnoloid candidate(s)")
+        resp = run / folder / "responses.json"
+        if resp.exists():
+            r = json.loads(resp.read_text())
+            c = r.get("p05", {})
+            print(f"  {name} counterfactuals ({len(r['factors'])} factors moved alone): {c.get('observed')} of "
+                  f"{c.get('tests')} feature-factor responses beat their nulls at p <= 0.05 (chance "
+                  f"{c.get('expected_by_chance', float('nan')):.0f}); {r['explained']} features explained by one factor")
+        verdicts = run / folder / "verdicts.json"
+        for r in json.loads(verdicts.read_text())["candidates"] if verdicts.exists() else []:
+            print(f"    candidate {r['feature']} (gap {r['gap']:.2f}, q {r['q_value']:.3f}): {r['verdict']}")
     cmp = run / "scores" / "baselines.json"
     if cmp.exists():
         for r in json.loads(cmp.read_text())["dictionaries"]:
@@ -377,6 +420,11 @@ def _cmd_quickstart(args) -> int:
                   f"{r['coverage_mean']:.3f}, named beyond chance {r['named_discoveries']}, candidates "
                   f"{r['candidates']}")
         print(f"  (the SAE beside its baselines: {cmp})")
+    pair = run / "compare" / "compare.json"
+    if pair.exists():
+        r = json.loads(pair.read_text())
+        print(f"  shared features (same pixels, beyond the rotated-image null): autoencoder {r['a']['shared']} of "
+              f"{r['a']['alive']}, TAESD {r['b']['shared']} of {r['b']['alive']}  ({run / 'compare' / 'compare.md'})")
     return 0
 
 
@@ -713,6 +761,28 @@ def _respond_options(t):
     _option(t, "--n-null", ResponseConfig, "n_null")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_respond)
+
+
+@_command("compare", "match the features of two models (or two SAE widths) on the same pixels")
+def _compare_options(t):
+    t.add_argument("scores_a", metavar="SCORES_A", help="a scores folder (frobnolab score)")
+    t.add_argument("scores_b", metavar="SCORES_B", help="another, its store extracted on the same dataset")
+    t.add_argument("--out", required=True, help="folder for compare.json and compare.md")
+    t.set_defaults(run=_cmd_compare)
+
+
+@_command("paint", "edit SAE features inside a mask, decode, and measure the change against the ground truth")
+def _paint_options(t):
+    t.add_argument("scores", help="the SAE's scores folder (frobnolab score)")
+    t.add_argument("--image", type=int, required=True, help="image index in the store's dataset")
+    t.add_argument("--features", type=_ints, required=True, help="features to edit (J1,J2,...)")
+    t.add_argument("--set", type=float, help="set the features to this, in units of each one's largest activation")
+    t.add_argument("--add", type=float, help="add this, in units of each feature's largest activation")
+    t.add_argument("--scale", type=float, help="multiply the features by this")
+    t.add_argument("--mask", default="all",
+                   help="where: all, foreground, shadow, instance=K, any boolean buffer, or box:R0,C0,R1,C1")
+    t.add_argument("--out", required=True, help="folder for paint.json and paint.png")
+    t.set_defaults(run=_cmd_paint)
 
 
 @_command("gallery", "write a scored run's feature gallery as a static HTML site")

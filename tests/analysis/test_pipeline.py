@@ -30,7 +30,8 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     assert set(made) - set(done["skipped"]) == {"extract"}
     assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "baselines",
                            "counterfactual", "gallery", "extract-taesd",
-                           "train-sae-taesd", "score-taesd", "counterfactual-taesd", "gallery-taesd"}
+                           "train-sae-taesd", "score-taesd", "counterfactual-taesd", "gallery-taesd", "verdicts",
+                           "compare"}
     for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
               "taesd-sae/sae/sae_weights.safetensors", "scores/features.parquet", "scores/report.md",
               "taesd-scores/summary.json", "gallery/index.html", "taesd-gallery/index.html",
@@ -50,6 +51,14 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     assert [f["factor"] for f in resp["factors"]] == [s["factor"] for s in load_family("shapes").sweeps]
     assert all(f["pairs"] > 0 and 0 < f["changed_share"] <= 1 for f in resp["factors"]), resp["factors"]
     assert report.count("## Counterfactual responses") == 1 and (run / "scores" / "figures" / "responses.png").exists()
+    for folder in ("scores", "taesd-scores"):  # every candidate's verdict, and the report's section
+        v = json.loads((run / folder / "verdicts.json").read_text())
+        assert {"candidates", "frobnoloids", "bars"} <= set(v) and "## Frobnoloid verdicts" in (
+            run / folder / "report.md").read_text()
+    assert json.loads((run / "scores" / "verdicts.json").read_text())["bars"]["baseline units gap"] is not None
+    pair = json.loads((run / "compare" / "compare.json").read_text())  # the two models' features, same pixels
+    assert pair["a"]["hook"] == "enc0" and pair["b"]["hook"] == "enc7" and pair["cells"] >= 16
+    assert "shared features (same pixels" in out
     taesd_resp = json.loads((run / "taesd-scores" / "responses.json").read_text())
     assert taesd_resp["hook"] == "enc7" and len(taesd_resp["factors"]) == len(resp["factors"])
     null = json.loads((run / "scores" / "random_model_null.json").read_text())
