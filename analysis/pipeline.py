@@ -9,7 +9,8 @@
     runs/NAME/counterfactual/ the family's counterfactual sweeps (data/) and each model's stores on them (store/,
                          taesd-store/); the SAE features' responses go into scores/ and taesd-scores/ (responses.*)
     runs/NAME/gallery/   the static feature gallery (index.html)
-    runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd)
+    runs/NAME/taesd-*/   the same for TAESD, when its weights are found (models.pretrained.find_taesd), its null
+                         model (random-taesd) and baselines included
     runs/NAME/compare/   the autoencoder's and TAESD's features matched on the same pixels (analysis/compare.py)
     runs/NAME/*scores/verdicts.json  each frobnoloid candidate against the random model, the baselines and the
                          counterfactuals (analysis/verdict.py), also in the report
@@ -65,6 +66,11 @@ class QuickstartConfig:
     baselines: tuple[str, ...] = ("units", "pca", "random")
     """Baseline dictionaries scored on the autoencoder's hook beside its SAE (kind or kind:N; () for none; nmf's
     fit alone took 68 s of the main job, so it is not in the default)."""
+    taesd_baselines: tuple[str, ...] = ("units", "pca")
+    """Baselines scored on TAESD's hook beside its SAE, so its frobnoloid candidates face them too (() for none)."""
+    taesd_random_null: bool = True
+    """Also run TAESD's recipe on TAESD with random weights (``random-taesd``): the null model its candidates
+    must beat."""
     counterfactual_bases: int = 4
     """Base scenes of each counterfactual sweep the family lists (``counterfactuals:`` in its file): each studied
     model's SAE features' responses to each factor moved alone (``analysis/counterfactual.py``); 0: no
@@ -92,7 +98,8 @@ QUICKSTART_PRESETS = {
                              taesd_sae=SAETrainConfig(hook="enc7", width=32, k=4, training_tokens=32768,
                                                       batch_size=256, lr=3e-3, checkpoints=1),
                              score=ScoreConfig(n_null=8, bootstrap=5, causal_top=8, scene_steps=200),
-                             baselines=("units",), counterfactual_bases=2, counterfactual_tokens=32),
+                             baselines=("units",), taesd_baselines=("units",), counterfactual_bases=2,
+                             counterfactual_tokens=32),
 }
 
 
@@ -107,9 +114,13 @@ def _score(store: Path, sae: Path, out: Path, cfg: ScoreConfig, progress: bool):
     return score_sae(store, sae, out, cfg, progress=progress, log=lambda *_: None)
 
 
-def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: bool) -> dict:
-    """The same recipe on a randomly initialised autoencoder; writes ``scores/random_model_null.json``: the 95th
-    percentile of each score over the null model's features, and the share of the real features above it."""
+def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: bool, *, prefix: str = "",
+                       model: str | None = None, hook: str | None = None, sae: SAETrainConfig | None = None,
+                       tokens_per_image: int = 0) -> dict:
+    """The same recipe on a randomly initialised model; writes ``PREFIXscores/random_model_null.json``: the 95th
+    percentile of each score over the null model's features, and the share of the real features above it. The
+    autoencoder's null is a fresh initialisation saved as ``null-ae``; another model's is ``model`` (a spec such as
+    ``random-taesd:SEED``), with its own ``hook`` and ``sae`` recipe, into ``PREFIXnull-*``."""
     import numpy as np
     import torch
 
@@ -118,15 +129,20 @@ def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: b
 
     from .score import read_table
 
-    if not (out / "null-ae" / "model.json").exists():
-        torch.manual_seed(cfg.seed + 1)
-        save_model(ConvAutoencoder(cfg.ae.model), out / "null-ae", record={"note": "random initialisation (null)"})
-    extract(ExtractConfig(model=str((out / "null-ae").resolve()), dataset=str(data.resolve()), hooks=(cfg.hook,),
-                          seed=cfg.seed), out / "null-store", force=True, progress=progress)
-    train_sae(out / "null-store", out / "null-sae", cfg.sae, progress=progress)
+    hook, sae = hook or cfg.hook, sae or cfg.sae
+    if model is None:
+        if not (out / "null-ae" / "model.json").exists():
+            torch.manual_seed(cfg.seed + 1)
+            save_model(ConvAutoencoder(cfg.ae.model), out / "null-ae", record={"note": "random initialisation (null)"})
+        model = str((out / "null-ae").resolve())
+    store, sae_dir, null_scores = (out / f"{prefix}null-{k}" for k in ("store", "sae", "scores"))
+    extract(ExtractConfig(model=model, dataset=str(data.resolve()), hooks=(hook,), seed=cfg.seed,
+                          tokens_per_image=tokens_per_image), store, force=True, progress=progress)
+    train_sae(store, sae_dir, sae, progress=progress)
     # only its features' scores are used (their 95th percentiles), not its own false-discovery tests: 32 nulls
-    _score(out / "null-store", out / "null-sae", out / "null-scores", replace(cfg.score, n_null=32), progress)
-    real, null = read_table(out / "scores" / "features.parquet"), read_table(out / "null-scores" / "features.parquet")
+    _score(store, sae_dir, null_scores, replace(cfg.score, n_null=32), progress)
+    real = read_table(out / f"{prefix}scores" / "features.parquet")
+    null = read_table(null_scores / "features.parquet")
     res = {}
     for k in ("named_best", "scene_r2", "auroc", "gap", "frob"):
         r = np.asarray(real[k], float)[np.asarray(real["freq"]) > 0]
@@ -134,41 +150,46 @@ def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: b
         n = n[np.isfinite(n)]
         q = float(np.quantile(n, 0.95)) if len(n) else float("nan")
         res[k] = {"null95": q, "share_of_real_features_above": float(np.mean(r > q)) if len(r) else float("nan")}
-    path = out / "scores" / "random_model_null.json"
+    res["model"] = model if prefix else "a fresh initialisation of the autoencoder (null-ae)"
+    path = out / f"{prefix}scores" / "random_model_null.json"
     if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(res)):  # unchanged: left as it is
         write_json(path, res)
     return res
 
 
-def _baselines(out: Path, cfg: QuickstartConfig, progress: bool) -> dict:
-    """Score each baseline of ``cfg.baselines`` on the autoencoder's hook against the SAE's null features (unless
-    its scores are newer than those nulls and of this config), the layer's supervised ceiling, then
-    ``scores/baselines.json`` and the report's "Baselines" section."""
+def _baselines(out: Path, cfg: QuickstartConfig, progress: bool, *, prefix: str = "", hook: str | None = None,
+               specs: tuple[str, ...] | None = None) -> dict:
+    """Score each baseline of ``specs`` (default ``cfg.baselines``) on a model's hook (default the autoencoder's)
+    against its SAE's null features (unless its scores are newer than those nulls and of this config), the layer's
+    supervised ceiling, then ``PREFIXscores/baselines.json`` and the report's "Baselines" section."""
     from .baseline_table import comparison
     from .report import baseline_lines, replace_section
     from .run import score_baseline
     from .scoring.ceiling import probe_ceiling
 
-    store = ActivationStore(out / "store")
-    nulls = out / "scores" / "null_features.parquet"
+    hook = hook or cfg.hook
+    specs = cfg.baselines if specs is None else specs
+    store = ActivationStore(out / f"{prefix}store")
+    scores = out / f"{prefix}scores"
+    nulls = scores / "null_features.parquet"
     want = json.loads(dumps(asdict(cfg.score)))
-    folders = {"sae": out / "scores"}
-    for spec in cfg.baselines:
-        folder = out / "baselines" / spec.replace(":", "-")
+    folders = {"sae": scores}
+    for spec in specs:
+        folder = out / f"{prefix}baselines" / spec.replace(":", "-")
         done = folder / "summary.json"
         prev = json.loads(done.read_text()) if done.exists() else {}
         fresh = bool(prev) and done.stat().st_mtime_ns >= nulls.stat().st_mtime_ns and prev.get("config") == want \
-            and prev.get("store_hook_sha256") == store[cfg.hook].meta["sha256"]
+            and prev.get("store_hook_sha256") == store[hook].meta["sha256"]
         if not fresh:
-            score_baseline(out / "store", spec, folder, cfg.score, hook=cfg.hook, progress=progress,
-                           log=lambda *_: None, nulls_from=out / "scores")
+            score_baseline(out / f"{prefix}store", spec, folder, cfg.score, hook=hook, progress=progress,
+                           log=lambda *_: None, nulls_from=scores)
         folders[spec] = folder
-    ceiling = probe_ceiling(store[cfg.hook], store.concepts, seed=cfg.seed)
-    res = {"hook": cfg.hook, **comparison(folders, ceiling, root=out), "ceiling": ceiling}
-    path = out / "scores" / "baselines.json"
+    ceiling = probe_ceiling(store[hook], store.concepts, seed=cfg.seed)
+    res = {"hook": hook, **comparison(folders, ceiling, root=out), "ceiling": ceiling}
+    path = scores / "baselines.json"
     if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(res)):  # unchanged: left as it is
         write_json(path, res)
-    replace_section(out / "scores" / "report.md", baseline_lines(res))
+    replace_section(scores / "report.md", baseline_lines(res))
     return res
 
 
@@ -206,13 +227,12 @@ def _verdicts(out: Path, cfg: QuickstartConfig, taesd: bool) -> dict:
     from .verdict import report_lines, verdicts
 
     res = {}
-    for folder, extra in (("scores", {"random_null": out / "scores" / "random_model_null.json",
-                                      "baselines": {b: out / "baselines" / b.replace(":", "-")
-                                                    for b in cfg.baselines}}),
-                          ("taesd-scores", {})):
-        if folder == "taesd-scores" and not taesd:
+    for prefix, specs in (("", cfg.baselines), ("taesd-", cfg.taesd_baselines)):
+        folder = f"{prefix}scores"
+        if prefix and not taesd:
             continue
-        v = verdicts(out / folder, **extra)
+        v = verdicts(out / folder, random_null=out / folder / "random_model_null.json",
+                     baselines={b: out / f"{prefix}baselines" / b.replace(":", "-") for b in specs})
         path = out / folder / "verdicts.json"
         if not path.exists() or json.loads(path.read_text()) != json.loads(dumps(v)):
             write_json(path, v)
@@ -251,6 +271,8 @@ STAGE_OUTPUTS = {"render": "render/manifest.json", "train-ae": "ae/training.json
                  "counterfactual": "scores/responses.json", "gallery": "gallery/index.html",
                  "extract-taesd": "taesd-store/manifest.json", "train-sae-taesd": "taesd-sae/training.json",
                  "score-taesd": "taesd-scores/summary.json", "counterfactual-taesd": "taesd-scores/responses.json",
+                 "null-model-taesd": "taesd-scores/random_model_null.json",
+                 "baselines-taesd": "taesd-scores/baselines.json",
                  "gallery-taesd": "taesd-gallery/index.html", "verdicts": "scores/verdicts.json",
                  "compare": "compare/compare.json"}
 
@@ -320,6 +342,13 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
                                                    progress=progress))
         stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
                                             progress))
+        if cfg.taesd_random_null:
+            stage("null-model-taesd", lambda: _random_model_null(
+                out, data, cfg, progress, prefix="taesd-", model=f"random-taesd:{cfg.seed + 1}", hook=cfg.taesd_hook,
+                sae=cfg.taesd_sae, tokens_per_image=cfg.taesd_tokens_per_image))
+        if cfg.taesd_baselines:
+            stage("baselines-taesd", lambda: _baselines(out, cfg, progress, prefix="taesd-", hook=cfg.taesd_hook,
+                                                        specs=cfg.taesd_baselines))
         if cfg.counterfactual_bases:
             stage("counterfactual-taesd", lambda: _counterfactual(
                 out, cfg, workers, progress, model=f"taesd:{Path(taesd).resolve()}", hook=cfg.taesd_hook,

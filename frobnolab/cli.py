@@ -413,13 +413,13 @@ def _cmd_quickstart(args) -> int:
         verdicts = run / folder / "verdicts.json"
         for r in json.loads(verdicts.read_text())["candidates"] if verdicts.exists() else []:
             print(f"    candidate {r['feature']} (gap {r['gap']:.2f}, q {r['q_value']:.3f}): {r['verdict']}")
-    cmp = run / "scores" / "baselines.json"
-    if cmp.exists():
-        for r in json.loads(cmp.read_text())["dictionaries"]:
-            print(f"  {r['dictionary']:>8s}: {r['alive']:3d} live of {r['features']:3d}, MCC {r['mcc']:.3f}, coverage "
-                  f"{r['coverage_mean']:.3f}, named beyond chance {r['named_discoveries']}, candidates "
-                  f"{r['candidates']}")
-        print(f"  (the SAE beside its baselines: {cmp})")
+        cmp = run / folder / "baselines.json"
+        if cmp.exists():
+            for r in json.loads(cmp.read_text())["dictionaries"]:
+                print(f"    {r['dictionary']:>8s}: {r['alive']:3d} live of {r['features']:3d}, MCC {r['mcc']:.3f}, "
+                      f"coverage {r['coverage_mean']:.3f}, named beyond chance {r['named_discoveries']}, candidates "
+                      f"{r['candidates']}")
+            print(f"    (the SAE beside its baselines: {cmp})")
     pair = run / "compare" / "compare.json"
     if pair.exists():
         r = json.loads(pair.read_text())

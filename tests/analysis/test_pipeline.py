@@ -31,7 +31,7 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
     assert set(stages) == {"render", "train-ae", "extract", "train-sae", "score", "null-model", "baselines",
                            "counterfactual", "gallery", "extract-taesd",
                            "train-sae-taesd", "score-taesd", "counterfactual-taesd", "gallery-taesd", "verdicts",
-                           "compare"}
+                           "compare", "null-model-taesd", "baselines-taesd"}
     for f in ("render/manifest.json", "ae/model.safetensors", "store/manifest.json", "sae/sae/cfg.json",
               "taesd-sae/sae/sae_weights.safetensors", "scores/features.parquet", "scores/report.md",
               "taesd-scores/summary.json", "gallery/index.html", "taesd-gallery/index.html",
@@ -55,7 +55,10 @@ def test_quickstart_tiny_runs_every_stage_and_resumes(tiny_run, tmp_path, capsys
         v = json.loads((run / folder / "verdicts.json").read_text())
         assert {"candidates", "frobnoloids", "bars"} <= set(v) and "## Frobnoloid verdicts" in (
             run / folder / "report.md").read_text()
-    assert json.loads((run / "scores" / "verdicts.json").read_text())["bars"]["baseline units gap"] is not None
+    for folder in ("scores", "taesd-scores"):  # both models' candidates face a random model and baselines
+        bars = json.loads((run / folder / "verdicts.json").read_text())["bars"]
+        assert bars["baseline units gap"] is not None and bars["random model gap"] is not None, (folder, bars)
+    assert json.loads((run / "taesd-scores" / "random_model_null.json").read_text())["model"] == "random-taesd:1"
     pair = json.loads((run / "compare" / "compare.json").read_text())  # the two models' features, same pixels
     assert pair["a"]["hook"] == "enc0" and pair["b"]["hook"] == "enc7" and pair["cells"] >= 16
     assert "shared features (same pixels" in out
