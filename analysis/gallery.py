@@ -1,13 +1,20 @@
 """The feature gallery: the content of a scored run as pictures, for the notebook (``analysis/gallery.ipynb``) and
 as a self-contained static HTML site (``frobnolab gallery RUN --out DIR``: no server, nothing fetched).
 
-For each shown feature: top-activating crops with the activation heatmap over them and the matching ground-truth
-concept maps beside them; the activation histogram; the concept-match bars (cross-validated eta^2 per concept)
+Every alive feature gets a page: its scores, description, activation histogram, concept bars, "Responds to",
+verdict, best match on the other model and its nearby features (the 5 closest decoder directions, ``W_dec``). The
+shown features (:func:`shown_features`, ``n_pages``) also get the costly pictures, the others draw histogram and bars
+as inline SVG. For each shown feature: crops at the top, middle (median) and low (10th percentile of the nonzero)
+activations with the activation heatmap over them and the matching ground-truth concept maps beside them; the
+activation histogram; the concept-match bars (cross-validated eta^2 per concept)
 with the random-direction null; the causal ablation (model output before / after ablating the feature / the change
 of the error against the optimal output); for coordinate fields, a slice through the 3D activation field next to
 the same slice of the scene's signed distance. Where the scores folder has counterfactual responses
 (``responses.parquet``, :mod:`frobnolab.analysis.counterfactual`), the index shows their heatmap and one line per
-factor, and each feature page the factors it responds to.
+factor, and each feature page the factors it responds to. Where it has ``verdicts.json``
+(:mod:`frobnolab.analysis.verdict`), the index shows the "Frobnoloid verdicts" table and each candidate's page its
+verdict and checks; where its run folder has ``compare/compare.json`` (:mod:`frobnolab.analysis.compare`) naming it
+as one side, the index links a page of shared and model-specific features and each page shows its best match.
 """
 
 from __future__ import annotations
@@ -79,6 +86,19 @@ class Run:
 
         with torch.no_grad():
             return to_csr(self.sae.encode(torch.from_numpy(self.held_out_acts))).tocsc()
+
+    @cached_property
+    def held_out_where(self) -> np.ndarray:
+        """Where each of :attr:`held_out_acts` is (image, row, col, ...), in the same order."""
+        return np.concatenate([c.where for c in self.store[self.hook].chunks("test", parts=("acts", "where"),
+                                                                              max_tokens=50_000)])
+
+    @cached_property
+    def decoder_cosine(self) -> np.ndarray:
+        """Cosine similarity ``(F, F)`` between the features' decoder directions (the rows of ``W_dec``)."""
+        w = self.sae.W_dec.detach().float().cpu().numpy()
+        w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+        return w @ w.T
 
     @cached_property
     def spliced_output(self) -> torch.Tensor:
@@ -208,22 +228,101 @@ def field_slice_figure(run: Run, feature: int, path: Path, res: int = 64) -> Pat
     return save_figure(fig, path)
 
 
-def feature_figures(run: Run, feature: int, folder: Path, maps=None) -> dict[str, Path]:
-    """Every picture of one feature, as PNG files in ``folder``: {kind: path}."""
+QUANTILES = (("top", None), ("middle", 0.5), ("low", 0.1))  # (band, quantile of the nonzero activations)
+
+
+def quantile_examples(run: Run, feature: int, q: float) -> tuple[np.ndarray, float]:
+    """Held-out tokens where ``feature`` fires near the ``q`` quantile of its nonzero activations, nearest first
+    (rows of :attr:`Run.held_out_where`), and that quantile's activation."""
+    col = run.held_out_codes[:, feature]
+    rows, vals = col.indices, col.data
+    keep = vals > 0
+    rows, vals = rows[keep], vals[keep]
+    if not len(vals):
+        return np.zeros((0, 3), np.int64), float("nan")
+    at = float(np.quantile(vals, q))
+    order = np.argsort(np.abs(vals - at), kind="stable")
+    return run.held_out_where[rows[order]], at
+
+
+def feature_figures(run: Run, feature: int, folder: Path, maps=None, quantiles: bool = False) -> dict[str, Path]:
+    """Every picture of one feature, as PNG files in ``folder``: {kind: path}; with ``quantiles``, crops of the
+    middle and low (nonzero) activations too, beside the top ones."""
     if not 0 <= int(feature) < len(run.table["feature"]):
         raise UnknownNameError(f"unknown feature {feature} (the SAE has features 0..{len(run.table['feature']) - 1})")
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     figures = run.store.domain.figures
     if "crops" in figures:
-        out["crops"] = feature_figure(run.store, run.hook, run.sae, feature, run.table["top_where"][feature],
-                                      str(run.table["named_concept"][feature]), folder / f"f{feature}_crops.png", maps)
+        concept = str(run.table["named_concept"][feature])
+        for band, q in QUANTILES if quantiles else QUANTILES[:1]:
+            if q is None:
+                where, kind = run.table["top_where"][feature], "crops"
+            else:
+                where, at = quantile_examples(run, feature, q)
+                kind = f"crops, {band} activations ({q:.0%} quantile of the nonzero, {_num(at, '.3g')})"
+                if not len(where):
+                    continue
+            name = "crops" if q is None else f"crops_{band}"
+            out["crops, top activations" if quantiles and q is None else kind] = feature_figure(
+                run.store, run.hook, run.sae, feature, where, concept, folder / f"f{feature}_{name}.png", maps)
     out["histogram"] = histogram_figure(run, feature, folder / f"f{feature}_hist.png")
     out["concepts"] = concept_bars_figure(run, feature, folder / f"f{feature}_concepts.png")
     for kind, fn in (("ablation", ablation_figure), ("slice", field_slice_figure)):
         if kind in figures:
             out[kind] = fn(run, feature, folder / f"f{feature}_{kind}.png")
     return out
+
+
+def example_images(run: Run, feature: int, quantiles: bool = True, n: int = 4) -> set[int]:
+    """The images the crops of ``feature`` show (top, and with ``quantiles`` middle and low)."""
+    from .report import first_images
+
+    ims = {int(x[0]) for x in first_images(run.table["top_where"][feature], n)}
+    for _, q in QUANTILES[1:] if quantiles else ():
+        ims |= {int(x[0]) for x in first_images(quantile_examples(run, feature, q)[0], n)}
+    return ims
+
+
+def histogram_svg(run: Run, feature: int, bins: int = 40) -> str:
+    """The activation histogram as inline SVG (no matplotlib: for the pages without the costly figures)."""
+    col = run.held_out_codes[:, feature]
+    nz = col.data[col.data > 0]
+    share = len(nz) / max(run.held_out_codes.shape[0], 1)
+    W, H, pad = 400, 150, 22
+    counts, edges = np.histogram(nz if len(nz) else [0.0], bins=bins)
+    top = np.log10(max(int(counts.max()), 1) + 1)
+    bw = (W - 2 * pad) / bins
+    bars = "".join(
+        f"<rect x='{pad + i * bw:.1f}' y='{H - pad - h:.1f}' width='{bw - 1:.1f}' height='{h:.1f}' fill='#4c72b0'>"
+        f"<title>{edges[i]:.3g} to {edges[i + 1]:.3g}: {int(c)}</title></rect>"
+        for i, c in enumerate(counts) for h in [(H - 2 * pad) * np.log10(c + 1) / top])
+    return (f"<svg class='hist' width='{W}' height='{H}' role='img'><title>histogram</title>"
+            f"<text x='{pad}' y='14' font-size='11'>activation when firing ({share:.1%} of held-out tokens; "
+            f"log count)</text>{bars}<text x='{pad}' y='{H - 6}' font-size='10'>{edges[0]:.3g}</text>"
+            f"<text x='{W - pad}' y='{H - 6}' font-size='10' text-anchor='end'>{edges[-1]:.3g}</text></svg>")
+
+
+def concept_bars_svg(run: Run, feature: int, n: int = 12) -> str:
+    """The concept-match bars (cross-validated eta^2, the null's 95th percentile, the scene R^2) as inline SVG."""
+    single = run.summary["single_r2"]
+    names = sorted(single, key=lambda k: -np.nan_to_num(single[k][feature], nan=-1))[:n]
+    vals = [float(np.nan_to_num(single[k][feature], nan=0)) for k in names]
+    W, left, row = 400, 130, 16
+    H = 44 + row * len(names)
+    x = lambda v: left + (W - left - 10) * min(max(v, 0.0), 1.0)  # noqa: E731
+    bars = "".join(
+        f"<text x='{left - 4}' y='{38 + i * row + 11}' font-size='10' text-anchor='end'>{html.escape(k)}</text>"
+        f"<rect x='{left}' y='{38 + i * row}' width='{x(v) - left:.1f}' height='{row - 3}' fill='#55a868'>"
+        f"<title>{html.escape(k)}: {v:.3f}</title></rect>" for i, (k, v) in enumerate(zip(names, vals)))
+    null, scene = float(run.summary["nulls95"]["named_r2"]), _clean(run.table["scene_r2"][feature])
+    lines = f"<line x1='{x(null):.1f}' x2='{x(null):.1f}' y1='34' y2='{H}' stroke='#000' stroke-dasharray='4 3'/>"
+    if scene is not None:
+        lines += f"<line x1='{x(scene):.1f}' x2='{x(scene):.1f}' y1='34' y2='{H}' stroke='#c44e52' stroke-width='1.5'/>"
+    return (f"<svg class='concepts' width='{W}' height='{H}' role='img'><title>concept match</title>"
+            f"<text x='4' y='14' font-size='11'>concept match (cross-validated eta^2)</text><text x='4' y='28' "
+            f"font-size='10'>dashed: null 95% ({null:.2f}); red: scene R2 ({_num(scene, '.2f')})</text>{bars}{lines}"
+            "</svg>")
 
 
 # ------------------------------------------------------------------------------------------------------- static site
@@ -302,20 +401,124 @@ def responds_block(rows: list[dict] | None, explained: str, candidate: bool, top
     return f"<h2>Responds to</h2><table class='responds'><tr>{head}</tr>{body}</table>{verdict}"
 
 
-def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, progress: bool = True) -> Path:
-    """Write the static gallery of a scored run into ``out`` (index.html + one page per shown feature)."""
+def nearby_block(run: Run, feature: int, pages: dict, n: int = 5) -> str:
+    """A feature page's "Nearby features": the ``n`` features whose decoder directions are closest (cosine)."""
+    cos = run.decoder_cosine[feature].copy()
+    cos[feature] = -np.inf
+    near = [int(k) for k in np.argsort(-cos, kind="stable")[:n]]
+    rows = "".join(
+        f"<tr><td>{_link(k, pages)}</td><td>{cos[k]:.3f}</td>"
+        f"<td class='s'>{html.escape(str(run.table['named_concept'][k]))}</td><td>{_num(run.table['named_r2'][k])}</td>"
+        f"<td>{_num(run.table['freq'][k], '.4f')}</td></tr>" for k in near)
+    return ("<h2>Nearby features</h2><p>The features with the most similar decoder directions (cosine of "
+            "<code>W_dec</code> rows).</p><table class='nearby'><tr><th>feature</th><th>decoder cosine</th>"
+            f"<th>named concept</th><th>named R<sup>2</sup></th><th>freq</th></tr>{rows}</table>")
+
+
+def _link(feature: int, pages: dict) -> str:
+    return f"<a href='{pages[feature]}'>{int(feature)}</a>" if feature in pages else str(int(feature))
+
+
+def _checks(checks: dict) -> str:
+    return ", ".join(f"{html.escape(str(k))} {'ok' if ok else 'FAIL'}" for k, ok in checks.items()) or "none run"
+
+
+def verdicts_section(v: dict, pages: dict) -> str:
+    """The index page's "Frobnoloid verdicts" table (``verdicts.json``, :mod:`frobnolab.analysis.verdict`)."""
+    rows = "".join(
+        f"<tr class='cand'><td>{_link(r['feature'], pages)}</td><td>{_num(r['gap'])}</td><td>{_num(r['q_value'])}"
+        f"</td><td>{_num(r['frob'])}</td><td class='s'>{_checks(r['checks'])}</td>"
+        f"<td class='s'>{html.escape(str(r['verdict']))}</td></tr>" for r in v.get("candidates", []))
+    bars = ", ".join(f"{html.escape(str(k))} {_num(b)}" for k, b in v.get("bars", {}).items() if b is not None)
+    found = ", ".join(_link(j, pages) for j in v.get("frobnoloids", [])) or "none"
+    table = (f"<table id='verdicts'><tr><th>feature</th><th>gap</th><th>q</th><th>frob</th><th>checks</th>"
+             f"<th>verdict</th></tr>{rows}</table>" if rows else "<p>No candidates.</p>")
+    return (f"<h2>Frobnoloid verdicts</h2><p>Each candidate against the random-initialised model, each baseline and "
+            f"the counterfactuals; a frobnoloid passes every check, with every check run."
+            f"{' Bars: ' + bars + '.' if bars else ''}</p>{table}<p>Frobnoloids: {found}.</p>")
+
+
+def verdict_block(r: dict) -> str:
+    """A candidate's page: its verdict and each check."""
+    checks = "".join(f"<li>{html.escape(str(k))}: {'ok' if ok else 'FAIL'}</li>" for k, ok in r["checks"].items())
+    cf = r.get("counterfactual")
+    return (f"<h2>Verdict</h2><p class='verdict'>{html.escape(str(r['verdict']))}</p><p>gap {_num(r['gap'])}, "
+            f"q {_num(r['q_value'])}, frobnoloid score {_num(r['frob'])}"
+            f"{'; counterfactuals: ' + html.escape(str(cf)) if cf is not None else ''}</p>"
+            f"<ul class='checks'>{checks or '<li>no check was run</li>'}</ul>")
+
+
+def read_compare(scores: Path) -> tuple[dict, str] | None:
+    """``compare/compare.json`` of the scores folder's run folder and which side (a or b) this folder is."""
+    f = scores.parent / "compare" / "compare.json"
+    if not f.exists():
+        return None
+    c = json.loads(f.read_text())
+    for side in "ab":
+        if Path(str(c.get(side, {}).get("scores", ""))).name == scores.name:
+            return c, side
+    return None
+
+
+def _side(c: dict, side: str) -> str:
+    s = c[side]
+    return html.escape(f"{s.get('scores', side)} ({s.get('hook', '?')})")
+
+
+def compare_page(c: dict, side: str, pages: dict, title: str) -> str:
+    """The "shared and model-specific features" page: every matched feature of both sides."""
+    other = "b" if side == "a" else "a"
+    parts = []
+    for s in (side, other):
+        o = "b" if s == "a" else "a"
+        rows = sorted(c.get(f"features_{s}", []), key=lambda r: (not r.get("shared"), -float(r.get("corr") or 0)))
+        body = "".join(
+            f"<tr><td>{_link(r['feature'], pages) if s == side else int(r['feature'])}</td>"
+            f"<td class='s'>{html.escape(str(r.get('concept', '')))}</td><td>{int(r['match'])}</td>"
+            f"<td class='s'>{html.escape(str(r.get('match_concept', '')))}</td><td>{_num(r.get('corr'))}</td>"
+            f"<td>{_num(r.get('p'), '.3g')}</td><td class='s'>{'shared' if r.get('shared') else 'specific'}</td></tr>"
+            for r in rows)
+        n_sh = sum(bool(r.get("shared")) for r in rows)
+        parts.append(f"<h2>{'This model' if s == side else 'The other model'}: {_side(c, s)}</h2>"
+                     f"<p>{n_sh} of {len(rows)} features shared (best match on {_side(c, o)} beyond the rotated-image "
+                     f"null), {len(rows) - n_sh} model-specific.</p><table><tr><th>feature</th><th>concept</th>"
+                     f"<th>best match</th><th>its concept</th><th>r</th><th>p</th><th></th></tr>{body}</table>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>shared and model-specific features</title>"
+            f"<style>{_CSS}</style></head><body><p><a href='index.html'>&larr; all features</a></p>"
+            f"<h1>Shared and model-specific features</h1><p>{title}</p>{''.join(parts)}</body></html>")
+
+
+def match_block(r: dict, c: dict, side: str) -> str:
+    """A feature page's best match on the other model of ``compare.json``."""
+    other = "b" if side == "a" else "a"
+    kind = "shared" if r.get("shared") else "model-specific"
+    return (f"<h2>On the other model</h2><p class='match'>best match on {_side(c, other)}: feature "
+            f"{int(r['match'])} (<code>{html.escape(str(r.get('match_concept', '')))}</code>), r = "
+            f"{_num(r.get('corr'))}, p {_num(r.get('p'), '.3g')}: <b>{kind}</b>. "
+            f"<a href='compare.html'>all shared and model-specific features</a></p>")
+
+
+def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, progress: bool = True,
+                  every_alive: bool = True) -> Path:
+    """Write the static gallery of a scored run into ``out``: index.html and one page per alive feature (with
+    ``every_alive``; else only the shown ones). The ``n_pages`` shown features (:func:`shown_features`) get the
+    costly figures (crops at the top, middle and low activations, ablation, slice) as PNG; every other page draws
+    its histogram and concept bars as inline SVG."""
     from tqdm.auto import tqdm
 
     run = load_run(run_path)
     out = Path(out)
+    n = len(run.table["feature"])
+    freq = np.asarray(run.table["freq"], float)
     with atomic_folder(out, replace=True) as tmp:
         (tmp / "img").mkdir()
         shown = shown_features(run, n_pages)
+        paged = list(dict.fromkeys(shown + ([j for j in range(n) if freq[j] > 0] if every_alive else [])))
+        pages = {j: f"feature_{j}.html" for j in paged}
         maps = None
         if run.store.domain.crops:
-            ims = sorted({int(x[0]) for j in shown for x in run.table["top_where"][j] if x[0] >= 0})
+            ims = sorted(set().union(*[example_images(run, j) for j in shown]) - {-1})
             maps = feature_maps(run.store, run.hook, run.sae, ims)
-        pages = {}
         title = html.escape(f"{run.summary['sae']} on {run.hook}")
         resp = read_responses(run.scores)
         section = ""
@@ -327,36 +530,58 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
             if heat.exists():
                 shutil.copyfile(heat, tmp / "img" / "responses.png")
             section = responses_section(rsummary, "responses.png" if heat.exists() else None)
-        for j in tqdm(shown, desc="gallery", disable=not progress):
-            figs = feature_figures(run, j, tmp / "img", maps)
+        vfile = run.scores / "verdicts.json"
+        verdicts = json.loads(vfile.read_text()) if vfile.exists() else None
+        verdict_of = {int(r["feature"]): r for r in verdicts["candidates"]} if verdicts else {}
+        compare = read_compare(run.scores)
+        match_of = {}
+        links = ""
+        if compare is not None:
+            c, side = compare
+            match_of = {int(r["feature"]): r for r in c.get(f"features_{side}", [])}
+            (tmp / "compare.html").write_text(compare_page(c, side, pages, title))
+            links = ("<p><a href='compare.html'>shared and model-specific features</a> (matched against "
+                     f"{_side(c, 'b' if side == 'a' else 'a')})</p>")
+        full = set(shown)
+        for j in tqdm(paged, desc="gallery", disable=not progress):
             t = {c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}
             facts = "".join(f"<tr><th>{html.escape(k)}</th><td class='s'>{html.escape(str(v))}</td></tr>"
                             for k, v in t.items())
-            imgs = "".join(f"<h3>{html.escape(k)}</h3><img alt='{html.escape(k)}' src='img/{p.name}'>"
-                           for k, p in figs.items())
+            if j in full:
+                figs = feature_figures(run, j, tmp / "img", maps, quantiles=True)
+                imgs = "".join(f"<h3>{html.escape(k)}</h3><img alt='{html.escape(k)}' src='img/{p.name}'>"
+                               for k, p in figs.items())
+            else:
+                imgs = (f"<h3>histogram</h3>{histogram_svg(run, j)}<h3>concepts</h3>{concept_bars_svg(run, j)}"
+                        "<p>(crops and ablation are drawn for the shown features only: "
+                        "<code>frobnolab gallery --pages N</code>)</p>")
             what = (f"<h2>What it computes</h2><p><code>{html.escape(str(t['description']))}</code> "
                     f"(cross-validated R<sup>2</sup> {t['description_r2']})</p>")
+            if j in verdict_of:
+                what = verdict_block(verdict_of[j]) + what
             if resp is not None:
                 what += responds_block(by_feature.get(j), explained.get(j, ""), bool(t["candidate"]))
+            if j in match_of:
+                what += match_block(match_of[j], *compare)
+            what += nearby_block(run, j, pages)
             page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
                     f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
                     f"<p>{title}</p>{what}<table>{facts}</table>{imgs}</body></html>")
-            (tmp / f"feature_{j}.html").write_text(page)
-            pages[j] = f"feature_{j}.html"
-        n = len(run.table["feature"])
+            (tmp / pages[j]).write_text(page)
         rows = [{**{c: _clean(run.table[c][j]) for c in TABLE_COLUMNS}, "page": pages.get(j, "")} for j in range(n)
-                if run.table["freq"][j] > 0 or j in pages]
+                if freq[j] > 0 or j in pages]
         data = json.dumps(rows).replace("</", "<\\/")  # no "</script>" can close the data block early
         head = "".join(f"<th data-k='{c}'>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
         d = run.summary["dictionary"]
+        vsec = verdicts_section(verdicts, pages) if verdicts is not None else ""
         index = (f"<!doctype html><html><head><meta charset='utf-8'><title>frobnolab gallery</title>"
                  f"<style>{_CSS}</style></head><body><h1>Feature gallery</h1><p>{title}: {run.summary['tokens']} "
                  f"held-out tokens, {run.summary['alive']} of {run.summary['features']} features alive, MCC "
-                 f"{d['mcc']:.3f}. Rows in orange are frobnoloid candidates. Click a header to sort.</p>"
+                 f"{d['mcc']:.3f}. Rows in orange are frobnoloid candidates. Click a header to sort.</p>{links}"
                  f"<div class='controls'><label>concept <input id='concept' placeholder='e.g. depth'></label>"
                  f"<label>min frobnoloid score <input id='minfrob' type='number' step='0.01' value='0'></label>"
                  f"<label><input id='cand' type='checkbox'> candidates only</label><span id='count'></span></div>"
-                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>{section}"
+                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>{vsec}{section}"
                  f"<script id='data' type='application/json'>{data}</script>"
                  f"<script>const COLS={json.dumps(list(TABLE_COLUMNS))};{_JS}</script></body></html>")
         (tmp / "index.html").write_text(index)

@@ -63,9 +63,11 @@ def test_index_loads_sorts_and_filters(gallery, browser, tmp_path):
     assert errors == []
 
 
-def test_feature_pages_show_their_images(gallery, browser):
-    pages = sorted(gallery.glob("feature_*.html"))
-    assert pages
+def test_feature_pages_show_their_images(gallery, tiny_run, browser):
+    from frobnolab.analysis.gallery import load_run, shown_features
+
+    pages = [gallery / f"feature_{j}.html" for j in shown_features(load_run(tiny_run))]
+    assert pages and all(p.exists() for p in pages)
     page, errors = open_page(browser, pages[0].as_uri())
     imgs = page.locator("img")
     assert imgs.count() >= 3
@@ -86,7 +88,7 @@ def test_user_strings_are_escaped(tiny_run, browser, tmp_path):
     t = t.set_column(t.column_names.index("named_concept"), "named_concept", pa.array(names))
     pq.write_table(t, run / "scores" / "features.parquet")
     site = build_gallery(run, tmp_path / "site", n_pages=2, progress=False)
-    for f in [site / "index.html"] + list(site.glob("feature_*.html")):
+    for f in [site / "index.html"] + sorted(site.glob("feature_*.html"))[:8]:  # pages with and without PNGs
         page, errors = open_page(browser, f.as_uri())
         assert page.evaluate("window.pwned") is None, f.name
         assert evil in page.inner_text("body")  # shown as text
@@ -188,3 +190,158 @@ def test_gallery_shows_counterfactual_responses(responses_sites, browser):
     assert not (plain / "img" / "responses.png").exists()
     for f in plain.glob("feature_*.html"):
         assert "Responds to" not in f.read_text()
+
+
+# ------------------------------------------------------------------------ every alive feature, quantiles, nearby
+
+def _alive(scores):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(scores / "features.parquet")
+    return [int(j) for j, f in zip(t.column("feature").to_pylist(), t.column("freq").to_pylist()) if f > 0]
+
+
+def test_every_alive_feature_gets_a_page(gallery, tiny_run, browser):
+    from frobnolab.analysis.gallery import load_run, shown_features
+
+    alive = _alive(tiny_run / "scores")
+    assert len(alive) > len(shown_features(load_run(tiny_run), 24)) or len(alive) >= 2
+    assert {int(f.stem.split("_")[1]) for f in gallery.glob("feature_*.html")} == set(alive)
+    index = (gallery / "index.html").read_text()
+    for j in alive:
+        text = (gallery / f"feature_{j}.html").read_text()
+        for part in ("<h2>What it computes</h2>", "<h3>histogram</h3>", "<h3>concepts</h3>", "<h2>Nearby features</h2>",
+                     "href='index.html'"):
+            assert part in text, (j, part)
+        assert f'"page": "feature_{j}.html"' in index
+    light = [j for j in alive if "<svg class='hist'" in (gallery / f"feature_{j}.html").read_text()]
+    if light:  # a page without PNGs still draws its histogram and concept bars
+        page, errors = open_page(browser, (gallery / f"feature_{light[0]}.html").as_uri())
+        assert page.locator("svg.hist rect").count() == 40 and page.locator("svg.concepts rect").count() >= 1
+        assert errors == []
+
+
+def test_crops_across_activation_quantiles(gallery, tiny_run, browser):
+    from frobnolab.analysis.gallery import load_run, quantile_examples, shown_features
+
+    run = load_run(tiny_run)
+    if "crops" not in run.store.domain.figures:
+        pytest.skip("no crops in this domain")
+    j = shown_features(run)[0]
+    text = (gallery / f"feature_{j}.html").read_text()
+    for band in ("top", "middle", "low"):
+        assert f"<h3>crops, {band} activations" in text, band
+    for band in ("middle", "low"):
+        assert (gallery / "img" / f"f{j}_crops_{band}.png").stat().st_size > 0
+    # the middle examples fire near the median of the nonzero activations, the low ones below it, all nonzero
+    codes = run.held_out_codes[:, j].toarray()[:, 0]
+    mid, at_mid = quantile_examples(run, j, 0.5)
+    low, at_low = quantile_examples(run, j, 0.1)
+    assert 0 < at_low <= at_mid <= codes.max()
+    assert np.isclose(at_mid, np.median(codes[codes > 0]))
+    page, errors = open_page(browser, (gallery / f"feature_{j}.html").as_uri())
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+    assert len(widths) >= 5 and min(widths) > 0 and errors == []
+
+
+def test_nearby_features_by_decoder_cosine(gallery, tiny_run):
+    import re
+
+    from frobnolab.analysis.gallery import load_run
+    from frobnolab.analysis.sae import load_sae
+
+    run = load_run(tiny_run)
+    w = load_sae(run.summary["sae"]).W_dec.detach().numpy()
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    j = _alive(tiny_run / "scores")[0]
+    cos = w @ w[j]
+    cos[j] = -np.inf
+    want = list(np.argsort(-cos, kind="stable")[:5])
+    block = (gallery / f"feature_{j}.html").read_text().split("<h2>Nearby features</h2>")[1].split("</table>")[0]
+    got = [int(x) for x in re.findall(r"<tr><td>(?:<a href='feature_\d+.html'>)?(\d+)", block)]
+    assert got == want
+    for k in want:
+        if (gallery / f"feature_{k}.html").exists():
+            assert f"<a href='feature_{k}.html'>{k}</a>" in block
+        assert str(run.table["named_concept"][k]) in block
+
+
+# ------------------------------------------------------------------------------------- verdicts and cross-model
+
+EVIL = "<script>window.pwned=4</script>"
+
+
+@pytest.fixture(scope="module")
+def judged_site(tiny_run, tmp_path_factory):
+    """A copy of the tiny run's scores with a small verdicts.json and a compare/compare.json that names it side a."""
+    import json
+
+    root = tmp_path_factory.mktemp("judged")
+    scores = root / "run" / "scores"
+    shutil.copytree(tiny_run / "scores", scores)
+    alive = _alive(scores)
+    cand, other = alive[0], alive[1]
+    verdicts = {"candidates": [
+        {"feature": cand, "gap": 0.31, "q_value": 0.004, "frob": 0.27, "verdict": "frobnoloid",
+         "checks": {"random model": True, "baseline units": True, "counterfactuals": True},
+         "counterfactual": "frobnoloid"},
+        {"feature": other, "gap": 0.12, "q_value": 0.03, "frob": 0.08, "verdict": "refuted by baseline " + EVIL,
+         "checks": {"random model": True, "baseline " + EVIL: False}, "counterfactual": None}],
+        "frobnoloids": [cand], "bars": {"random model gap": 0.2}}
+    (scores / "verdicts.json").write_text(json.dumps(verdicts))
+    (root / "run" / "compare").mkdir()
+    fa = [{"feature": j, "match": 7, "corr": 0.8 if j == cand else 0.05, "p": 0.01, "null95": 0.2,
+           "shared": j == cand, "concept": "hue", "match_concept": "albedo" + EVIL} for j in alive]
+    fb = [{"feature": 7, "match": cand, "corr": 0.8, "p": 0.01, "null95": 0.2, "shared": True,
+           "concept": "albedo", "match_concept": "hue"}]
+    compare = {"a": {"scores": "runs/x/scores", "hook": "enc1"}, "b": {"scores": "runs/x/taesd-scores", "hook": "enc7"},
+               "features_a": fa, "features_b": fb}
+    (root / "run" / "compare" / "compare.json").write_text(json.dumps(compare))
+    site = build_gallery(root / "run", root / "site", n_pages=2, progress=False)
+    return site, cand, other
+
+
+def test_gallery_shows_verdicts(judged_site, gallery, browser):
+    import html
+
+    site, cand, other = judged_site
+    index = (site / "index.html").read_text()
+    assert "<h2>Frobnoloid verdicts</h2>" in index
+    table = index.split("<table id='verdicts'>")[1].split("</table>")[0]
+    assert f"<a href='feature_{cand}.html'>{cand}</a>" in table and "frobnoloid" in table
+    assert EVIL not in index and html.escape(EVIL) in table
+    page = (site / f"feature_{cand}.html").read_text()
+    assert "<h2>Verdict</h2><p class='verdict'>frobnoloid</p>" in page
+    assert "<li>random model: ok</li>" in page and "<li>baseline units: ok</li>" in page
+    second = (site / f"feature_{other}.html").read_text()
+    assert f"<li>baseline {html.escape(EVIL)}: FAIL</li>" in second and EVIL not in second
+    for f in (site / "index.html", site / f"feature_{other}.html"):
+        p, errors = open_page(browser, f.as_uri())
+        assert p.evaluate("window.pwned") is None and errors == []
+    # a feature that is no candidate shows no verdict
+    rest = _alive(site.parent / "run" / "scores")[2:]
+    assert all("<h2>Verdict</h2>" not in (site / f"feature_{j}.html").read_text() for j in rest)
+
+
+def test_gallery_shows_the_cross_model_match(judged_site, gallery, browser):
+    import html
+
+    site, cand, other = judged_site
+    index = (site / "index.html").read_text()
+    assert "<a href='compare.html'>shared and model-specific features</a>" in index
+    cmp = (site / "compare.html").read_text()
+    assert f"<a href='feature_{cand}.html'>{cand}</a>" in cmp and "runs/x/taesd-scores" in cmp
+    assert EVIL not in cmp and "1 of " in cmp
+    page = (site / f"feature_{cand}.html").read_text()
+    assert "<h2>On the other model</h2>" in page
+    match = page.split("<p class='match'>")[1].split("</p>")[0]
+    assert "feature 7" in match and "r = 0.800" in match and "<b>shared</b>" in match
+    assert html.escape("albedo" + EVIL) in match
+    assert "<b>model-specific</b>" in (site / f"feature_{other}.html").read_text()
+    for f in (site / "compare.html", site / f"feature_{cand}.html"):
+        p, errors = open_page(browser, f.as_uri())
+        assert p.evaluate("window.pwned") is None and errors == []
+    # the tiny run has no compare folder: no link, no page, no block
+    assert not (gallery / "compare.html").exists()
+    assert "compare.html" not in (gallery / "index.html").read_text()
+    assert all("On the other model" not in f.read_text() for f in gallery.glob("feature_*.html"))
