@@ -245,6 +245,38 @@ def quantile_examples(run: Run, feature: int, q: float) -> tuple[np.ndarray, flo
     return run.held_out_where[rows[order]], at
 
 
+PAINT_STRENGTHS = (("set", 0.0), ("add", 1.0), ("add", 3.0))
+"""The painting panel's edits (op, value in units of the feature's largest held-out activation), over the whole
+image of the feature's strongest example."""
+
+
+def painting_figure(run: Run, feature: int, path: Path) -> Path | None:
+    """The feature painted on the image of its strongest held-out example (``analysis/paint.py``, the SAE spliced
+    in): the output before and after each of :data:`PAINT_STRENGTHS`, with locality's neighbour, the change of mean
+    luma, and how far the edited tokens lie from the training activations."""
+    from .paint import Painter
+    from .report import first_images
+
+    ex = first_images(run.table["top_where"][feature], 1)
+    if not ex:
+        return None
+    p = Painter(run.scores, int(ex[0][0]), "all", reference_tokens=5000)
+    plt = _mpl()
+    fig, axes = plt.subplots(1, 1 + len(PAINT_STRENGTHS), figsize=(2.1 * (1 + len(PAINT_STRENGTHS)), 2.4),
+                             constrained_layout=True)
+    axes[0].imshow(p.before.transpose(1, 2, 0))
+    axes[0].set_title(f"image {p.image}, SAE spliced", fontsize=7)
+    for ax, (op, v) in zip(axes[1:], PAINT_STRENGTHS):
+        r = p.edit([feature], op, v)
+        ax.imshow(r.pop("after_image").transpose(1, 2, 0))
+        dl = r["after"]["inside"]["luma"] - r["before"]["inside"]["luma"]
+        ax.set_title(f"{op} {v:g} x max: luma {dl:+.3f}\n|change| {r['mean_abs_change']['inside']:.3f}, off-dist "
+                     f"{r['distribution']['edited_over_clean_nn_distance']:.1f}x", fontsize=7)
+    for ax in axes:
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
 def feature_figures(run: Run, feature: int, folder: Path, maps=None, quantiles: bool = False) -> dict[str, Path]:
     """Every picture of one feature, as PNG files in ``folder``: {kind: path}; with ``quantiles``, crops of the
     middle and low (nonzero) activations too, beside the top ones."""
@@ -271,6 +303,10 @@ def feature_figures(run: Run, feature: int, folder: Path, maps=None, quantiles: 
     for kind, fn in (("ablation", ablation_figure), ("slice", field_slice_figure)):
         if kind in figures:
             out[kind] = fn(run, feature, folder / f"f{feature}_{kind}.png")
+    if "crops" in figures:  # image models can be painted
+        fig = painting_figure(run, feature, folder / f"f{feature}_paint.png")
+        if fig is not None:
+            out["painting (set to 0, add 1 and 3 times its largest activation, everywhere)"] = fig
     return out
 
 

@@ -92,86 +92,113 @@ def _nearest(x_Nd: torch.Tensor, ref_Md: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x_Nd, ref_Md).min(1).values
 
 
+class Painter:
+    """One image of a scored SAE's dataset, loaded once for any number of edits (:meth:`edit`); ``mask`` as in
+    :func:`pixel_mask`. Every input is checked here, before any work."""
+
+    def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000):
+        from .probe import CausalProbe
+        from .sae import load_sae
+        from .score import read_table
+        from .store import ActivationStore
+
+        scores = Path(scores)
+        summ = scores / "summary.json"
+        if not summ.exists():
+            raise FileNotFoundError(f"{scores}: no summary.json (a scores folder made by frobnolab score)")
+        s = json.loads(summ.read_text())
+        store = ActivationStore(s["store"])
+        if store.domain.name != "image":
+            raise ValueError(f"{scores}: painting is for image models (this store's domain is {store.domain.name!r})")
+        ds = store.dataset
+        if not 0 <= int(image) < len(ds):
+            raise ValueError(f"image {image}: the dataset {ds.path} has images 0..{len(ds) - 1}")
+        self.scores, self.image, self.mask, self.store, self.hook = scores, int(image), mask, store, s["hook"]
+        self.sae = load_sae(s["sae"])
+        self.m_px = pixel_mask(ds, int(image), mask)
+        if not self.m_px.any():
+            raise ValueError(f"mask {mask!r} is empty on image {image}")
+        self.fmax = np.asarray(read_table(scores / "features.parquet")["max_act"], float)  # (F,) held out
+        self._ref_tokens = reference_tokens
+        self.probe = CausalProbe(store.load_model(), self.sae, store, self.hook, images=[int(image)])
+        codes, self.rec = self.probe.codes()
+        t = self.probe.clean_activation()
+        _, c, h, w = t.shape
+        stride = ds.size[0] // h
+        self.inside_tok = self.m_px.reshape(h, stride, w, stride).mean((1, 3)).ravel() >= 0.5  # (h * w,)
+        if not self.inside_tok.any():
+            raise ValueError(f"mask {mask!r} covers no token's footprint by half on image {image} (tokens are "
+                             f"{stride}x{stride} pixels)")
+        self.rows = torch.as_tensor(np.flatnonzero(self.inside_tok))
+        self.f = torch.as_tensor(codes.toarray(), dtype=torch.float32)  # (tokens, F)
+        self.clean_tok = t.permute(0, 2, 3, 1).reshape(-1, c)[self.rows]
+        with torch.no_grad():
+            self.before = self.probe.output(self.probe.splice()).clamp(0, 1)[0].cpu().numpy()  # (3, H, W)
+        self._ref = None
+
+    @property
+    def reference(self) -> torch.Tensor:
+        if self._ref is None:
+            self._ref = torch.as_tensor(self.store[self.hook].activations("train", max_tokens=self._ref_tokens))
+        return self._ref
+
+    def edit(self, features, op: str = "add", value: float = 1.0) -> dict:
+        """The measurements of one edit (see the module docstring); ``after (3, H, W)`` included as an array."""
+        if op not in OPS:
+            raise unknown("paint operation", op, OPS)
+        features = [int(j) for j in np.atleast_1d(features)]
+        bad = [j for j in features if not 0 <= j < self.sae.cfg.d_sae]
+        if not features or bad:
+            raise ValueError(f"features {bad or features}: the SAE has features 0..{self.sae.cfg.d_sae - 1}")
+        if not np.isfinite(value):
+            raise ValueError(f"value {value!r}: must be finite")
+        f2, rows = self.f.clone(), self.rows
+        for j in features:
+            unit = float(self.fmax[j]) if np.isfinite(self.fmax[j]) and self.fmax[j] > 0 else 1.0
+            col = f2[rows, j]
+            f2[rows, j] = (torch.full_like(col, value * unit) if op == "set" else col + value * unit if op == "add"
+                           else col * value)
+        with torch.no_grad():
+            rec2 = torch.cat([self.sae.decode(f2[k:k + 8192]) for k in range(0, len(f2), 8192)])
+            after = self.probe.output(self.probe.splice(rec=rec2)).clamp(0, 1)[0].cpu().numpy()
+            ref = self.reference
+            d_clean = _nearest(self.rec[rows], ref)
+            d_edit = _nearest(rec2[rows], ref)
+            d_data = _nearest(self.clean_tok, ref)
+        before, m_px = self.before, self.m_px
+        change = np.abs(after - before).sum(0)  # (H, W)
+        total = float(change.sum())
+        return {"scores": str(self.scores), "image": self.image, "features": features, "op": op,
+                "value": float(value), "mask": self.mask, "mask_pixels": int(m_px.sum()),
+                "tokens_edited": int(self.inside_tok.sum()),
+                "before": measures(before, m_px), "after": measures(after, m_px),
+                "locality": float(change[m_px].sum() / total) if total > 0 else float("nan"),
+                "mask_share": float(m_px.mean()),
+                "mean_abs_change": {"inside": float(change[m_px].mean()),
+                                    "outside": float(change[~m_px].mean()) if (~m_px).any() else float("nan")},
+                "distribution": {"edited_over_clean_nn_distance":
+                                 float((d_edit / d_clean.clamp_min(1e-8)).median()),
+                                 "clean_reconstruction_nn_distance": float(d_clean.median()),
+                                 "model_activation_nn_distance": float(d_data.median()),
+                                 "reference_tokens": int(len(ref))},
+                "after_image": after}
+
+
 def paint(scores: str | Path, image: int, features, *, op: str = "add", value: float = 1.0, mask: str = "all",
           out: str | Path | None = None, reference_tokens: int = 20_000) -> dict:
-    """Edit ``features`` of the SAE scored in ``scores`` on held-out ``image`` of its store's dataset inside
-    ``mask``; returns (and with ``out`` writes, as paint.json and paint.png) the measurements. Every input is
-    checked before any work."""
-    from .probe import CausalProbe
-    from .sae import load_sae
-    from .score import read_table
-    from .store import ActivationStore
-
+    """Edit ``features`` of the SAE scored in ``scores`` on ``image`` of its store's dataset inside ``mask``;
+    returns (and with ``out`` writes, as paint.json and paint.png) the measurements. Every input is checked before
+    any work."""
     if op not in OPS:
         raise unknown("paint operation", op, OPS)
-    scores = Path(scores)
-    summ = scores / "summary.json"
-    if not summ.exists():
-        raise FileNotFoundError(f"{scores}: no summary.json (a scores folder made by frobnolab score)")
-    s = json.loads(summ.read_text())
-    store = ActivationStore(s["store"])
-    if store.domain.name != "image":
-        raise ValueError(f"{scores}: painting is for image models (this store's domain is {store.domain.name!r})")
-    ds = store.dataset
-    if not 0 <= int(image) < len(ds):
-        raise ValueError(f"image {image}: the dataset {ds.path} has images 0..{len(ds) - 1}")
-    sae = load_sae(s["sae"])
-    features = [int(j) for j in np.atleast_1d(features)]
-    bad = [j for j in features if not 0 <= j < sae.cfg.d_sae]
-    if not features or bad:
-        raise ValueError(f"features {bad or features}: the SAE has features 0..{sae.cfg.d_sae - 1}")
-    if not np.isfinite(value):
-        raise ValueError(f"value {value!r}: must be finite")
-    m_px = pixel_mask(ds, int(image), mask)
-    if not m_px.any():
-        raise ValueError(f"mask {mask!r} is empty on image {image}")
-    table = read_table(scores / "features.parquet")
-    fmax = np.asarray(table["max_act"], float)  # (F,) on the held-out tokens
-
-    probe = CausalProbe(store.load_model(), sae, store, s["hook"], images=[int(image)])
-    codes, rec = probe.codes()
-    t = probe.clean_activation()
-    b, c, h, w = t.shape
-    stride = ds.size[0] // h
-    inside_tok = m_px.reshape(h, stride, w, stride).mean((1, 3)).ravel() >= 0.5  # (h * w,)
-    if not inside_tok.any():
-        raise ValueError(f"mask {mask!r} covers no token's footprint by half on image {image} (tokens are "
-                         f"{stride}x{stride} pixels)")
-    f = torch.as_tensor(codes.toarray(), dtype=torch.float32)  # (tokens, F)
-    f2 = f.clone()
-    rows = torch.as_tensor(np.flatnonzero(inside_tok))
-    for j in features:
-        unit = float(fmax[j]) if np.isfinite(fmax[j]) and fmax[j] > 0 else 1.0
-        col = f2[rows, j]
-        f2[rows, j] = (torch.full_like(col, value * unit) if op == "set" else col + value * unit if op == "add"
-                       else col * value)
-    with torch.no_grad():
-        rec2 = torch.cat([sae.decode(f2[k:k + 8192]) for k in range(0, len(f2), 8192)])
-        before = probe.output(probe.splice()).clamp(0, 1)[0].cpu().numpy()  # (3, H, W)
-        after = probe.output(probe.splice(rec=rec2)).clamp(0, 1)[0].cpu().numpy()
-        ref = torch.as_tensor(store[s["hook"]].activations("train", max_tokens=reference_tokens))
-        clean_tok = t.permute(0, 2, 3, 1).reshape(-1, c)[rows]
-        d_clean = _nearest(rec[rows], ref)
-        d_edit = _nearest(rec2[rows], ref)
-        d_data = _nearest(clean_tok, ref)
-    change = np.abs(after - before).sum(0)  # (H, W)
-    total = float(change.sum())
-    res = {"scores": str(scores), "image": int(image), "features": features, "op": op, "value": float(value),
-           "mask": mask, "mask_pixels": int(m_px.sum()), "tokens_edited": int(inside_tok.sum()),
-           "before": measures(before, m_px), "after": measures(after, m_px),
-           "locality": float(change[m_px].sum() / total) if total > 0 else float("nan"),
-           "mask_share": float(m_px.mean()),
-           "mean_abs_change": {"inside": float(change[m_px].mean()),
-                               "outside": float(change[~m_px].mean()) if (~m_px).any() else float("nan")},
-           "distribution": {"edited_over_clean_nn_distance": float((d_edit / d_clean.clamp_min(1e-8)).median()),
-                            "clean_reconstruction_nn_distance": float(d_clean.median()),
-                            "model_activation_nn_distance": float(d_data.median()),
-                            "reference_tokens": int(len(ref))}}
+    p = Painter(scores, image, mask, reference_tokens)
+    res = p.edit(features, op, value)
+    after = res.pop("after_image")
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "paint.json", res)
-        _figure(before, after, m_px, res, out / "paint.png")
+        _figure(p.before, after, p.m_px, res, out / "paint.png")
     return res
 
 

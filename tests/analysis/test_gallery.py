@@ -345,3 +345,20 @@ def test_gallery_shows_the_cross_model_match(judged_site, gallery, browser):
     assert not (gallery / "compare.html").exists()
     assert "compare.html" not in (gallery / "index.html").read_text()
     assert all("On the other model" not in f.read_text() for f in gallery.glob("feature_*.html"))
+
+
+def test_shown_features_get_a_painting_panel(gallery, tiny_run):
+    """The painting panel: the feature set to 0 and turned up on its strongest example's image, each edit's output
+    decoded through the model with the SAE spliced in (analysis/paint.py)."""
+    from frobnolab.analysis.gallery import PAINT_STRENGTHS, load_run, shown_features
+    from frobnolab.analysis.paint import Painter
+    from frobnolab.analysis.report import first_images
+
+    run = load_run(tiny_run)
+    j = shown_features(run)[0]
+    assert "<h3>painting (set to 0" in (gallery / f"feature_{j}.html").read_text()
+    assert (gallery / "img" / f"f{j}_paint.png").stat().st_size > 0
+    # what the panel shows moves the output, more the harder the feature is pushed
+    p = Painter(tiny_run / "scores", int(first_images(run.table["top_where"][j], 1)[0][0]), "all", 2000)
+    changes = [p.edit([j], op, v)["mean_abs_change"]["inside"] for op, v in PAINT_STRENGTHS[1:]]
+    assert 0 < changes[0] < changes[1], changes
