@@ -35,3 +35,5 @@ def test_notebook_runs_top_to_bottom(tiny_run, tmp_path):
     assert "named_concept" in html and "frob" in html
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "held-out tokens" in text and "histogram" in text
+    assert "locality" in text and "as far from the training activations" in text  # the painting cell
+    assert "strongest features here:" in text  # "try your own scene"
