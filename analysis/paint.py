@@ -96,7 +96,7 @@ class Painter:
     """One image of a scored SAE's dataset, loaded once for any number of edits (:meth:`edit`); ``mask`` as in
     :func:`pixel_mask`. Every input is checked here, before any work."""
 
-    def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000):
+    def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000, sae=None):
         from .probe import CausalProbe
         from .sae import load_sae
         from .score import read_table
@@ -114,7 +114,7 @@ class Painter:
         if not 0 <= int(image) < len(ds):
             raise ValueError(f"image {image}: the dataset {ds.path} has images 0..{len(ds) - 1}")
         self.scores, self.image, self.mask, self.store, self.hook = scores, int(image), mask, store, s["hook"]
-        self.sae = load_sae(s["sae"])
+        self.sae = sae if sae is not None else load_sae(s["sae"])  # a baseline's dictionary is given loaded
         self.m_px = pixel_mask(ds, int(image), mask)
         if not self.m_px.any():
             raise ValueError(f"mask {mask!r} is empty on image {image}")
