@@ -260,7 +260,7 @@ def painting_figure(run: Run, feature: int, path: Path) -> Path | None:
     ex = first_images(run.table["top_where"][feature], 1)
     if not ex:
         return None
-    p = Painter(run.scores, int(ex[0][0]), "all", reference_tokens=5000, sae=run.sae)
+    p = Painter(run.scores, int(ex[0][0]), "all", reference_tokens=5000, sae=run.sae, model=run.model)
     plt = _mpl()
     fig, axes = plt.subplots(1, 1 + len(PAINT_STRENGTHS), figsize=(2.1 * (1 + len(PAINT_STRENGTHS)), 2.4),
                              constrained_layout=True)

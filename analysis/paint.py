@@ -96,7 +96,8 @@ class Painter:
     """One image of a scored SAE's dataset, loaded once for any number of edits (:meth:`edit`); ``mask`` as in
     :func:`pixel_mask`. Every input is checked here, before any work."""
 
-    def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000, sae=None):
+    def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000, sae=None,
+                 model=None):
         from .probe import CausalProbe
         from .sae import load_sae
         from .score import read_table
@@ -120,7 +121,8 @@ class Painter:
             raise ValueError(f"mask {mask!r} is empty on image {image}")
         self.fmax = np.asarray(read_table(scores / "features.parquet")["max_act"], float)  # (F,) held out
         self._ref_tokens = reference_tokens
-        self.probe = CausalProbe(store.load_model(), self.sae, store, self.hook, images=[int(image)])
+        model = store.load_model() if model is None else model  # a gallery passes the one it has loaded
+        self.probe = CausalProbe(model, self.sae, store, self.hook, images=[int(image)])
         codes, self.rec = self.probe.codes()
         t = self.probe.clean_activation()
         _, c, h, w = t.shape

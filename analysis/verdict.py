@@ -24,12 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .score import read_table
-
-
-def _q95(x) -> float:
-    x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    return float(np.quantile(x, 0.95)) if len(x) else float("nan")
+from .scoring.nulls import q95
 
 
 def verdicts(scores: str | Path, *, random_null: str | Path | None = None,
@@ -46,7 +41,7 @@ def verdicts(scores: str | Path, *, random_null: str | Path | None = None,
     for name, folder in (baselines or {}).items():
         b = read_table(Path(folder) / "features.parquet")
         alive = np.asarray(b["freq"], float) > 0
-        bars[name] = _q95(np.asarray(b["gap"], float)[alive])
+        bars[name] = q95(np.asarray(b["gap"], float)[alive])
     cf = None
     if (scores / "responses.json").exists():
         cf = json.loads((scores / "responses.json").read_text()).get("candidates", {})
