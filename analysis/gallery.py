@@ -1,15 +1,19 @@
 """The feature gallery: the content of a scored run as pictures, for the notebook (``analysis/gallery.ipynb``) and
 as a self-contained static HTML site (``frobnolab gallery RUN --out DIR``: no server, nothing fetched).
 
-Every alive feature gets a page: its scores, description, activation histogram, concept bars, "Responds to",
-verdict, best match on the other model and its nearby features (the 5 closest decoder directions, ``W_dec``). The
-shown features (:func:`shown_features`, ``n_pages``) also get the costly pictures, the others draw histogram and bars
-as inline SVG. For each shown feature: crops at the top, middle (median) and low (10th percentile of the nonzero)
-activations with the activation heatmap over them and the matching ground-truth concept maps beside them; the
-activation histogram; the concept-match bars (cross-validated eta^2 per concept)
-with the random-direction null; the causal ablation (model output before / after ablating the feature / the change
-of the error against the optimal output); for coordinate fields, a slice through the 3D activation field next to
-the same slice of the scene's signed distance. Where the scores folder has counterfactual responses
+The index holds the sortable table of every alive feature and the feature map (``analysis/feature_map.py``: a
+2-D embedding of the decoder directions coloured by best concept or frobnoloid score, every point a link). Every
+alive feature gets a page: its scores, description, "What the verdict is about" (scene R^2, best name and their gap
+against every bar the gap must clear), activation histogram, concept bars, "Responds to", verdict, best match on
+the other model and its nearby features (the 5 closest decoder directions, ``W_dec``). The shown features
+(:func:`shown_features`, ``n_pages``) also get the costly pictures, the others draw histogram and bars as inline
+SVG. For each shown feature: crops at the top, middle (median) and low (10th percentile of the nonzero)
+activations with the activation heatmap over them (full maps: the model is run on each image shown, not only the
+store's sample of its tokens) and the map of the best named concept beside them; the activation histogram; the
+concept-match bars (cross-validated eta^2 per concept) with the random-direction null; the causal ablation and the
+painting panel on the image of the feature's own strongest example (model output before / after ablating the
+feature / the change of the error against the optimal output); for coordinate fields, a slice through the 3D
+activation field next to the same slice of the scene's signed distance. Where the scores folder has counterfactual responses
 (``responses.parquet``, :mod:`frobnolab.analysis.counterfactual`), the index shows their heatmap and one line per
 factor, and each feature page the factors it responds to. Where it has ``verdicts.json``
 (:mod:`frobnolab.analysis.verdict`), the index shows the "Frobnoloid verdicts" table and each candidate's page its
@@ -32,7 +36,8 @@ from frobnolab.errors import UnknownNameError
 from frobnolab.files import atomic_folder
 
 from .counterfactual import explained_by, per_feature, read_responses
-from .report import feature_figure, feature_maps, save_figure
+from .feature_map import map_section
+from .report import feature_figure, model_feature_maps, save_figure
 from .score import read_table
 from .store import ActivationStore
 
@@ -177,21 +182,28 @@ def concept_bars_figure(run: Run, feature: int, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def ablation_figure(run: Run, feature: int, path: Path) -> Path | None:
-    """Model output with the SAE spliced in, with the feature ablated, and the change of the error (image models)."""
+def ablation_figure(run: Run, feature: int, path: Path, painter=None) -> Path | None:
+    """Model output with the SAE spliced in, with the feature ablated, and the change of the error against the
+    optimal output, on the image of the feature's strongest held-out example (image models: ``painter``, a
+    :class:`~frobnolab.analysis.paint.Painter` on that image; coordinate fields: the first held-out view)."""
     plt = _mpl()
-    probe = run.probe
-    with torch.no_grad():
-        before = run.spliced_output
-        after = probe.ablated_output(feature)
+    if painter is not None:
+        probe, image = painter.probe, painter.image
+        with torch.no_grad():
+            before, after = torch.from_numpy(painter.before)[None], probe.ablated_output(feature)
+    else:
+        probe, image = run.probe, int(run.probe.images[0])
+        with torch.no_grad():
+            before, after = run.spliced_output, probe.ablated_output(feature)
     x = probe.target[0].permute(1, 2, 0).numpy()
     b, a = before[0].permute(1, 2, 0).clamp(0, 1).numpy(), after[0].permute(1, 2, 0).clamp(0, 1).numpy()
     diff = ((a - x) ** 2).sum(-1) - ((b - x) ** 2).sum(-1)
     fig, axes = plt.subplots(1, 4, figsize=(8, 2.3), constrained_layout=True)
     lim = max(float(np.abs(diff).max()), 1e-6)
-    for ax, img, title in zip(axes, (x, b, a), ("optimal (input)", "with SAE", f"feature {feature} ablated")):
+    for ax, img, title in zip(axes, (x, b, a), (f"optimal: image {image}", "with SAE",
+                                                f"feature {feature} ablated")):
         ax.imshow(img)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=7)
         ax.axis("off")
     im = axes[3].imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim)
     axes[3].set_title("change of squared error", fontsize=8)
@@ -250,17 +262,25 @@ PAINT_STRENGTHS = (("set", 0.0), ("add", 1.0), ("add", 3.0))
 image of the feature's strongest example."""
 
 
-def painting_figure(run: Run, feature: int, path: Path) -> Path | None:
-    """The feature painted on the image of its strongest held-out example (``analysis/paint.py``, the SAE spliced
-    in): the output before and after each of :data:`PAINT_STRENGTHS`, with locality's neighbour, the change of mean
-    luma, and how far the edited tokens lie from the training activations."""
+def example_painter(run: Run, feature: int):
+    """A :class:`~frobnolab.analysis.paint.Painter` on the image of the feature's strongest held-out example (image
+    models; None when the feature never fires held out)."""
     from .paint import Painter
     from .report import first_images
 
     ex = first_images(run.table["top_where"][feature], 1)
-    if not ex:
+    if not ex or run.store.domain.name != "image":
         return None
-    p = Painter(run.scores, int(ex[0][0]), "all", reference_tokens=5000, sae=run.sae, model=run.model)
+    return Painter(run.scores, int(ex[0][0]), "all", reference_tokens=5000, sae=run.sae, model=run.model)
+
+
+def painting_figure(run: Run, feature: int, path: Path, painter=None) -> Path | None:
+    """The feature painted on the image of its strongest held-out example (``analysis/paint.py``, the SAE spliced
+    in): the output before and after each of :data:`PAINT_STRENGTHS`, with locality's neighbour, the change of mean
+    luma, and how far the edited tokens lie from the training activations."""
+    p = painter if painter is not None else example_painter(run, feature)
+    if p is None:
+        return None
     plt = _mpl()
     fig, axes = plt.subplots(1, 1 + len(PAINT_STRENGTHS), figsize=(2.1 * (1 + len(PAINT_STRENGTHS)), 2.4),
                              constrained_layout=True)
@@ -300,13 +320,14 @@ def feature_figures(run: Run, feature: int, folder: Path, maps=None, quantiles: 
                 run.store, run.hook, run.sae, feature, where, concept, folder / f"f{feature}_{name}.png", maps)
     out["histogram"] = histogram_figure(run, feature, folder / f"f{feature}_hist.png")
     out["concepts"] = concept_bars_figure(run, feature, folder / f"f{feature}_concepts.png")
-    for kind, fn in (("ablation", ablation_figure), ("slice", field_slice_figure)):
-        if kind in figures:
-            out[kind] = fn(run, feature, folder / f"f{feature}_{kind}.png")
-    if "crops" in figures:  # image models can be painted
-        fig = painting_figure(run, feature, folder / f"f{feature}_paint.png")
-        if fig is not None:
-            out["painting (set to 0, add 1 and 3 times its largest activation, everywhere)"] = fig
+    painter = example_painter(run, feature) if "crops" in figures else None  # image models: ablate and paint
+    if "ablation" in figures and ("crops" not in figures or painter is not None):
+        out["ablation"] = ablation_figure(run, feature, folder / f"f{feature}_ablation.png", painter)
+    if "slice" in figures:
+        out["slice"] = field_slice_figure(run, feature, folder / f"f{feature}_slice.png")
+    if painter is not None:
+        out["painting (set to 0, add 1 and 3 times its largest activation, everywhere)"] = painting_figure(
+            run, feature, folder / f"f{feature}_paint.png", painter)
     return out
 
 
@@ -366,7 +387,9 @@ def concept_bars_svg(run: Run, feature: int, n: int = 12) -> str:
 _CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}
 th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}th{cursor:pointer;background:#f4f4f4}
 td.s{text-align:left}tr.cand{background:#fff4e0}.controls{margin:1em 0}.controls label{margin-right:1.5em}
-img{max-width:100%;border:1px solid #eee;margin:4px}a{color:#1a5fb4}"""
+img{max-width:100%;border:1px solid #eee;margin:4px}a{color:#1a5fb4}.legend{margin:4px 0 1em}
+.key{margin-right:1em;font-size:12px;white-space:nowrap}.key i{display:inline-block;width:10px;height:10px;
+margin-right:4px;border-radius:50%}"""
 
 _JS = """const rows=JSON.parse(document.getElementById('data').textContent);
 let key='frob',desc=true;
@@ -435,6 +458,42 @@ def responds_block(rows: list[dict] | None, explained: str, candidate: bool, top
     verdict = (f"<p class='verdict'>explained by <code>{html.escape(explained)}</code></p>" if explained else
                "<p class='verdict'>no single factor explains it</p>" if candidate else "")
     return f"<h2>Responds to</h2><table class='responds'><tr>{head}</tr>{body}</table>{verdict}"
+
+
+def gap_block(run: Run, feature: int, bars: dict | None = None) -> str:
+    """A feature page's "What the verdict is about": the feature's scene R^2 (what its exact ground truth
+    explains), its best name (single concept, pair or description) and their difference, the gap, with the bars the
+    gap must clear: the rate-matched random directions' 95th percentile and, from ``verdicts.json``, the random
+    model's and each baseline's."""
+    t = run.table
+    scene, named, gap = (_clean(t[c][feature]) for c in ("scene_r2", "named_best" if "named_best" in t else
+                                                         "named_r2", "gap"))
+    marks = {"random directions": _clean(run.summary["nulls95"].get("gap"))}
+    marks.update({k.replace(" gap", ""): v for k, v in (bars or {}).items() if k.endswith("gap") and v is not None})
+    W, left, row = 460, 150, 22
+    rows = (("scene R2 (real)", scene, "#c44e52"), ("best name", named, "#55a868"), ("gap", gap, "#8172b3"))
+    H = 30 + row * len(rows) + 14 * len(marks)
+    x = lambda v: left + (W - left - 40) * min(max(float(v), 0.0), 1.0)  # noqa: E731
+    body = "".join(
+        f"<text x='{left - 6}' y='{26 + i * row + 12}' font-size='11' text-anchor='end'>{html.escape(name)}</text>"
+        + (f"<rect x='{left}' y='{26 + i * row}' width='{x(v) - left:.1f}' height='{row - 6}' fill='{col}'/>"
+           f"<text x='{x(v) + 4:.1f}' y='{26 + i * row + 12}' font-size='10'>{v:.3f}</text>" if v is not None else
+           f"<text x='{left}' y='{26 + i * row + 12}' font-size='10'>n/a</text>")
+        for i, (name, v, col) in enumerate(rows))
+    y_gap = 26 + 2 * row
+    ticks = "".join(
+        f"<line x1='{x(v):.1f}' x2='{x(v):.1f}' y1='{y_gap - 3}' y2='{y_gap + row - 3 + 14 * (k + 1)}' "
+        f"stroke='#000' stroke-dasharray='3 2'/><text x='{x(v) + 3:.1f}' y='{y_gap + row + 14 * (k + 1) - 4}' "
+        f"font-size='9'>{html.escape(name)} 95%: {v:.3f}</text>"
+        for k, (name, v) in enumerate((n, v) for n, v in marks.items() if v is not None and np.isfinite(v)))
+    cand = bool(t["candidate"][feature])
+    p, q = _clean(t["p_gap"][feature]) if "p_gap" in t else None, _clean(t["q_value"][feature]) if "q_value" in t \
+        else None
+    return (f"<h2>What the verdict is about</h2><p>The gap is what the scene's exact ground truth explains of this "
+            f"feature (scene R<sup>2</sup>) and no name, pair of names or short formula does (best name); a "
+            f"frobnoloid's gap must clear every dashed bar. Gap p {_num(p, '.3g')}, q {_num(q, '.3g')} against "
+            f"random directions of its firing rate{': a candidate' if cand else ''}.</p>"
+            f"<svg class='gap' width='{W}' height='{H}' role='img'><title>gap</title>{body}{ticks}</svg>")
 
 
 def nearby_block(run: Run, feature: int, pages: dict, n: int = 5) -> str:
@@ -554,7 +613,7 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
         maps = None
         if run.store.domain.crops:
             ims = sorted(set().union(*[example_images(run, j) for j in shown]) - {-1})
-            maps = feature_maps(run.store, run.hook, run.sae, ims)
+            maps = model_feature_maps(run.store, run.hook, run.sae, ims, shown, model=run.model)
         title = html.escape(f"{run.summary['sae']} on {run.hook}")
         resp = read_responses(run.scores)
         section = ""
@@ -599,6 +658,7 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
                 what += responds_block(by_feature.get(j), explained.get(j, ""), bool(t["candidate"]))
             if j in match_of:
                 what += match_block(match_of[j], *compare)
+            what += gap_block(run, j, verdicts.get("bars") if verdicts else None)
             what += nearby_block(run, j, pages)
             page = (f"<!doctype html><html><head><meta charset='utf-8'><title>feature {j}</title><style>{_CSS}</style>"
                     f"</head><body><p><a href='index.html'>&larr; all features</a></p><h1>Feature {j}</h1>"
@@ -610,6 +670,11 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
         head = "".join(f"<th data-k='{c}'>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
         d = run.summary["dictionary"]
         vsec = verdicts_section(verdicts, pages) if verdicts is not None else ""
+        alive = np.flatnonzero(freq > 0)
+        fmap = map_section(alive, run.sae.W_dec.detach().float().cpu().numpy()[alive],
+                           [str(run.table["named_concept"][j]) for j in alive],
+                           np.asarray(run.table["named_r2"], float)[alive], np.asarray(run.table["frob"], float)[alive],
+                           np.asarray(run.table["candidate"], bool)[alive], pages)
         index = (f"<!doctype html><html><head><meta charset='utf-8'><title>frobnolab gallery</title>"
                  f"<style>{_CSS}</style></head><body><h1>Feature gallery</h1><p>{title}: {run.summary['tokens']} "
                  f"held-out tokens, {run.summary['alive']} of {run.summary['features']} features alive, MCC "
@@ -617,7 +682,7 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
                  f"<div class='controls'><label>concept <input id='concept' placeholder='e.g. depth'></label>"
                  f"<label>min frobnoloid score <input id='minfrob' type='number' step='0.01' value='0'></label>"
                  f"<label><input id='cand' type='checkbox'> candidates only</label><span id='count'></span></div>"
-                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>{vsec}{section}"
+                 f"<table id='features'><thead><tr>{head}</tr></thead><tbody></tbody></table>{fmap}{vsec}{section}"
                  f"<script id='data' type='application/json'>{data}</script>"
                  f"<script>const COLS={json.dumps(list(TABLE_COLUMNS))};{_JS}</script></body></html>")
         (tmp / "index.html").write_text(index)

@@ -24,33 +24,27 @@ def save_figure(fig, path: Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def feature_maps(store, hook: str, sae, images: list[int], features=None) -> dict:
-    """Every feature's activation map ``(F, h, w)`` for each image in ``images`` (cells without a token: 0); with
-    ``features``, only theirs, as {image: {feature: (h, w)}}. Only the chunks holding those images are read."""
-    tok = store[hook]
-    h, w = store.dataset.size
-    s = max(tok.stride, 1)
+def model_feature_maps(store, hook: str, sae, images: list[int], features, model=None, batch: int = 8) -> dict:
+    """Full activation maps {image: {feature: (h, w)}} of ``features``: the model runs on each image and every
+    token is encoded: the store keeps only a sample of each image's tokens (TAESD at 64 px: 64 of 256 positions), so
+    maps drawn from it are mostly blank. Image models only."""
+    from .probe import CausalProbe
+
+    model = store.load_model() if model is None else model
     want = sorted(set(int(i) for i in images))
-    cols = None if features is None else sorted(set(int(j) for j in features))
-    n = sae.cfg.d_sae if cols is None else len(cols)
-    out = {im: np.zeros((n, h // s, w // s), np.float32) for im in want}
-    for k in range(tok.n_chunks) if want else ():
-        where = tok.chunk(k, "all", parts=("where",)).where
-        sel = np.flatnonzero(np.isin(where[:, 0], want))
-        if not len(sel):
-            continue
-        acts = tok.chunk(k, "all", parts=("acts", "where")).acts
+    cols = sorted(set(int(j) for j in features))
+    out = {}
+    for k in range(0, len(want), batch):
+        ims = want[k:k + batch]
+        t = CausalProbe(model, sae, store, hook, images=ims).clean_activation()  # (b, C, h, w)
+        b, c, h, w = t.shape
+        flat = t.permute(0, 2, 3, 1).reshape(-1, c)
         with torch.no_grad():
-            f = sae.encode(torch.from_numpy(acts[sel])).numpy()
-        if cols is not None:
-            f = f[:, cols]
-        at = where[sel]
-        for im in np.unique(at[:, 0]):
-            rows = at[:, 0] == im
-            out[int(im)][:, at[rows, 1], at[rows, 2]] = f[rows].T
-    if cols is None:
-        return out
-    return {im: dict(zip(cols, m)) for im, m in out.items()}
+            f = torch.cat([sae.encode(flat[s:s + 8192])[:, cols] for s in range(0, len(flat), 8192)])
+        f_bhwk = f.reshape(b, h, w, len(cols)).numpy()
+        for i, im in enumerate(ims):
+            out[im] = {j: f_bhwk[i, :, :, q] for q, j in enumerate(cols)}
+    return out
 
 
 def first_images(top_where, n: int = 4) -> list[tuple]:
@@ -96,7 +90,7 @@ def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path
     s = max(store[hook].stride, 1)
     h, w = ds.size
     ex = first_images(top_where)
-    maps = maps or feature_maps(store, hook, sae, sorted({e[0] for e in ex}), features=[feature])
+    maps = maps or model_feature_maps(store, hook, sae, sorted({e[0] for e in ex}), [feature])
     fig, axes = plt.subplots(3, max(len(ex), 1), figsize=(2.1 * max(len(ex), 1), 6.3), squeeze=False)
     half = max(4 * s, 12)
     for col, (im, r, c) in enumerate(ex):
@@ -114,7 +108,7 @@ def feature_figure(store, hook, sae, feature: int, top_where, concept: str, path
         for row in range(3):
             axes[row, col].axis("off")
     axes[1, 0].set_title("activation", fontsize=8, loc="left")
-    axes[2, 0].set_title(concept, fontsize=8, loc="left")
+    axes[2, 0].set_title(f"best name: {concept}", fontsize=8, loc="left")
     fig.suptitle(f"feature {feature}", fontsize=9)
     return save_figure(fig, path)
 
@@ -219,7 +213,7 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
     wanted = sorted(set(top) | set(named))
     if pictures and wanted:
         ims = sorted({int(x[0]) for j in wanted for x in first_images(table["top_where"][j])})
-        maps = feature_maps(store, hook, sae, ims, features=wanted)
+        maps = model_feature_maps(store, hook, sae, ims, wanted)
         for j in wanted:
             feature_figure(store, hook, sae, j, table["top_where"][j], str(table["named_concept"][j]),
                            fig_dir / f"feature_{j}.png", maps)

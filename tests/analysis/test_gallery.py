@@ -362,3 +362,95 @@ def test_shown_features_get_a_painting_panel(gallery, tiny_run):
     p = Painter(tiny_run / "scores", int(first_images(run.table["top_where"][j], 1)[0][0]), "all", 2000)
     changes = [p.edit([j], op, v)["mean_abs_change"]["inside"] for op, v in PAINT_STRENGTHS[1:]]
     assert 0 < changes[0] < changes[1], changes
+
+
+# ------------------------------------------------------------------------------- feature map, full maps, the gap
+
+def test_full_activation_maps_agree_with_the_store_and_fill_its_gaps(tiny_run):
+    """The crops' heatmaps come from running the model on the image: where the store kept a token they equal the
+    store's encoded activation; the store's other cells, which it never kept, are filled too."""
+    import torch
+
+    from frobnolab.analysis.gallery import load_run
+    from frobnolab.analysis.report import model_feature_maps
+
+    run = load_run(tiny_run)
+    tok = run.store[run.hook]
+    chunk = tok.chunk(0, "all", parts=("acts", "where"))
+    im = int(chunk.where[0, 0])
+    rows = chunk.where[:, 0] == im
+    with torch.no_grad():
+        f = run.sae.encode(torch.from_numpy(chunk.acts[rows])).numpy()
+    j = int(np.argmax((f > 0).sum(0)))  # the feature firing most often on this image
+    maps = model_feature_maps(run.store, run.hook, run.sae, [im], [j], model=run.model)
+    m = maps[im][j]
+    H, W = run.dataset.size
+    s = max(tok.stride, 1)
+    assert m.shape == (H // s, W // s)
+    at = chunk.where[rows]
+    np.testing.assert_allclose(m[at[:, 1], at[:, 2]], f[:, j], rtol=1e-4, atol=1e-5)
+    assert len(at) <= m.size  # the map covers every cell, kept or not
+
+
+def test_feature_map_links_every_alive_feature_and_recolours(gallery, tiny_run, browser):
+    index = (gallery / "index.html").read_text()
+    assert "<h2>Feature map</h2>" in index
+    alive = set(_alive(tiny_run / "scores"))
+    page, errors = open_page(browser, (gallery / "index.html").as_uri())
+    hrefs = page.eval_on_selector_all("#fmap a", "els => els.map(e => e.getAttribute('href'))")
+    assert {int(h.split("_")[1].split(".")[0]) for h in hrefs} == alive
+    assert all((gallery / h).exists() for h in hrefs)  # no link to a missing page
+    first = page.locator("#fmap circle").first
+    by_concept = first.get_attribute("fill")
+    page.check("input[name=fmapby][value=frob]")
+    assert first.get_attribute("fill") == first.get_attribute("data-frob")
+    assert page.locator("#fmap-frob").is_visible() and not page.locator("#fmap-legend").is_visible()
+    page.check("input[name=fmapby][value=concept]")
+    assert first.get_attribute("fill") == by_concept
+    assert errors == []
+
+
+def test_concept_agreement_beats_its_null_only_when_geometry_follows_concepts():
+    from frobnolab.analysis.feature_map import concept_agreement, embed
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    labels = np.repeat(np.array(["depth", "hue", "shadow", "albedo"]), 25)
+    w = centres[np.repeat(np.arange(4), 25)] + 0.3 * rng.normal(size=(100, 16))
+    clustered = concept_agreement(w, labels)
+    assert clustered["share"] > 0.9 and clustered["p"] < 0.01
+    shuffled = concept_agreement(w, rng.permutation(labels))
+    assert shuffled["share"] < shuffled["null95"] + 0.05 and shuffled["p"] > 0.01
+    xy = embed(w)
+    assert xy.shape == (100, 2) and xy.min() >= 0 and xy.max() <= 1
+    # t-SNE keeps the clusters apart: each point's nearest map neighbour is of its own cluster
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (labels[d.argmin(1)] == labels).mean() > 0.95
+
+
+def test_feature_pages_show_the_gap_and_ablate_their_own_image(gallery, tiny_run):
+    from frobnolab.analysis.gallery import load_run, shown_features
+    from frobnolab.analysis.report import first_images
+
+    run = load_run(tiny_run)
+    for j in _alive(tiny_run / "scores"):
+        text = (gallery / f"feature_{j}.html").read_text()
+        assert "<h2>What the verdict is about</h2>" in text and "random directions 95%" in text, j
+        gap = run.table["gap"][j]
+        if np.isfinite(gap):
+            assert f">{round(float(gap), 4):.3f}</text>" in text  # the gap bar's label is the table's gap
+    j = shown_features(run)[0]
+    if "ablation" in run.store.domain.figures:
+        own = int(first_images(run.table["top_where"][j], 1)[0][0])
+        from frobnolab.analysis.gallery import ablation_figure, example_painter
+
+        p = example_painter(run, j)
+        assert p.image == own
+        import torch
+
+        with torch.no_grad():
+            after = p.probe.ablated_output(j)
+        # ablating a feature that fires on this image changes the output there
+        assert float((after.clamp(0, 1)[0].numpy() - p.before).__abs__().max()) > 0
+        assert ablation_figure(run, j, gallery.parent / "abl.png", p).stat().st_size > 0
