@@ -454,3 +454,22 @@ def test_feature_pages_show_the_gap_and_ablate_their_own_image(gallery, tiny_run
         # ablating a feature that fires on this image changes the output there
         assert float((after.clamp(0, 1)[0].numpy() - p.before).__abs__().max()) > 0
         assert ablation_figure(run, j, gallery.parent / "abl.png", p).stat().st_size > 0
+
+
+def test_every_link_and_image_of_the_site_resolves(gallery):
+    """No 404 anywhere: every href and src of every page names a file of the site (nothing off the site), and no
+    picture is blank."""
+    import re
+
+    from PIL import Image
+
+    pages = sorted(gallery.glob("*.html"))
+    assert len(pages) >= 3
+    for f in pages:
+        text = f.read_text()
+        for ref in re.findall(r"""(?:href|src)=['"]([^'"#]+)""", text):
+            assert not re.match(r"^[a-z]+:", ref), (f.name, ref)  # no http:, no file:
+            assert (gallery / ref).is_file(), (f.name, ref)
+    for png in gallery.glob("img/*.png"):
+        px = np.asarray(Image.open(png).convert("L"), float)
+        assert px.std() > 1, png.name
