@@ -4,7 +4,8 @@ exact ground truth.
 With the SAE spliced in at its hook (the model runs on the SAE's reconstruction, as the causal probe does), the
 features of the tokens inside a mask are edited (``set`` to a value, ``add`` a value, ``scale`` by a factor; a
 value is in units of the feature's largest activation on the store's held-out tokens, so 1 is "as strongly as it
-ever fires") and decoded; the model runs on from the hook. The result (:func:`paint`):
+ever fires") and decoded; the model runs on from the hook. The result (:func:`paint`, which dispatches on the
+store's domain):
 
 - the output before (the SAE spliced in, unedited) and after, and their difference;
 - measurements of both inside and outside the mask, from the output image: mean luma (Rec. 709 of the sRGB
@@ -14,14 +15,27 @@ ever fires") and decoded; the model runs on from the hook. The result (:func:`pa
   nearest training activation (a sample of the store's training tokens) over the same distance of the clean
   token (1: as typical as before; much more: off the distribution, where edits make artefacts).
 
-Masks come from the image's exact ground truth (``foreground``, ``shadow``, ``instance=K``, any boolean buffer such
-as ``edge_silhouette``), a box of pixels ``box:R0,C0,R1,C1`` or ``all``; a token is inside when at least half its
-pixel footprint is. Image models only (the conv autoencoder, TAESD's encoder and decoder hooks, the SD VAE).
+Image models (:class:`Painter`: the conv autoencoder, TAESD's encoder and decoder hooks, the SD VAE): masks come
+from the image's exact ground truth (``foreground``, ``shadow``, ``instance=K``, any boolean buffer such as
+``edge_silhouette``), a box of pixels ``box:R0,C0,R1,C1`` or ``all``; a token is inside when at least half its
+pixel footprint is.
+
+Coordinate fields (:class:`FieldPainter`): the mask is a 3D region (:func:`region`): ``all``,
+``box3:X0,Y0,Z0,X1,Y1,Z1`` (world units) or ``instance=K`` (the points inside object K by its exact SDF; the
+floor, when present, is 1). The held-out view ``image`` (its camera's rays through every pixel centre, or every
+``stride``-th row and column) is volume-rendered with the domain's even samples per ray
+(``domain.EVEN_SAMPLES``), the SAE spliced in at every sample; the edit changes the chosen features only at the
+samples inside the region (their positions are the field's inputs, read by a forward pre-hook on the model), so
+every other sample's spliced activation is bit-identical before and after. The image measurements use the
+region's projection: the pixels whose exact first surface hit (the dataset's ``position`` and ``instance``
+buffers) lies in the region; ``ray_locality`` is the share of the change on the rays that hold an edited sample
+(1 exactly: nothing else can move).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +45,10 @@ from frobnolab.errors import unknown
 from frobnolab.files import write_json
 
 OPS = ("set", "add", "scale")
+DISTRIBUTION_TOKENS = 2048
+"""Fields: the edited samples (at most, a seeded draw) whose nearest training activations are measured."""
+RAYS_PER_PASS = 1024
+"""Fields: rays rendered per forward pass (bounds the memory of a full view's samples and their codes)."""
 
 
 def pixel_mask(ds, image: int, spec: str) -> np.ndarray:
@@ -57,6 +75,55 @@ def pixel_mask(ds, image: int, spec: str) -> np.ndarray:
     if spec not in boolean:
         raise unknown("mask", spec, ["all", "box:R0,C0,R1,C1", "instance=K"] + boolean)
     return np.asarray(ds[spec][image], bool)
+
+
+class Region:
+    """A 3D region of a field's scene (:func:`region`): ``contains(points (N, 3)) -> (N,) bool`` and its
+    projection on a view, ``pixels(instance (H, W), position (H, W, 3)) -> (H, W) bool`` (the pixels whose first
+    surface hit lies in it)."""
+
+    def __init__(self, spec: str, contains, on_surface):
+        self.spec, self._contains, self._on_surface = spec, contains, on_surface
+
+    def contains(self, p_N3) -> np.ndarray:
+        return np.asarray(self._contains(np.asarray(p_N3, np.float64).reshape(-1, 3)), bool)
+
+    def pixels(self, instance_HW, position_HW3) -> np.ndarray:
+        inst = np.asarray(instance_HW)
+        return np.asarray(self._on_surface(inst, np.asarray(position_HW3, np.float64)), bool) & (
+            (inst > 0) | (self.spec == "all"))
+
+
+def region(spec: str, scene=None) -> Region:
+    """The 3D region of a mask ``spec`` for a coordinate field (see the module docstring); ``scene``: the view's
+    :class:`~frobnolab.scenes.scene.Scene` (for ``instance=K``). Checks the spec's syntax and the instance id."""
+    if spec == "all":
+        return Region(spec, lambda p: np.ones(len(p), bool), lambda inst, pos: np.ones(inst.shape, bool))
+    if spec.startswith("box3:"):
+        try:
+            v = [float(x) for x in spec[5:].split(",")]
+        except ValueError:
+            v = []
+        if len(v) != 6:
+            raise ValueError(f"mask {spec!r}: a 3D box is box3:X0,Y0,Z0,X1,Y1,Z1 in world units (six numbers)")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"mask {spec!r}: the box's corners must be finite")
+        lo, hi = np.array(v[:3]), np.array(v[3:])
+        if not np.all(lo < hi):
+            raise ValueError(f"mask {spec!r}: the box is empty (it needs X0 < X1, Y0 < Y1 and Z0 < Z1)")
+        inside = lambda p: ((p >= lo) & (p <= hi)).all(-1)  # noqa: E731
+        r = Region(spec, inside, lambda inst, pos: inside(pos.reshape(-1, 3)).reshape(inst.shape))
+        r.box = (lo, hi)
+        return r
+    if spec.startswith("instance="):
+        k = spec.split("=", 1)[1]
+        objects = [] if scene is None else list(scene.objects)
+        names = ", ".join(f"{i + 1} {o.name or 'object'}" for i, o in enumerate(objects)) or "none"
+        if not k.isdigit() or not 1 <= int(k) <= len(objects):
+            raise ValueError(f"mask {spec!r}: instance=K takes the id of one of the scene's objects ({names})")
+        obj = objects[int(k) - 1]
+        return Region(spec, lambda p: obj.sdf(p) < 0, lambda inst, pos: inst == int(k))
+    raise unknown("field mask", spec, ["all", "box3:X0,Y0,Z0,X1,Y1,Z1", "instance=K"])
 
 
 def _luma(rgb_3HW: np.ndarray) -> np.ndarray:
@@ -92,25 +159,71 @@ def _nearest(x_Nd: torch.Tensor, ref_Md: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x_Nd, ref_Md).min(1).values
 
 
+def _scores_summary(scores: str | Path):
+    """The summary of a scores folder and its activation store."""
+    from .store import ActivationStore
+
+    scores = Path(scores)
+    summ = scores / "summary.json"
+    if not summ.exists():
+        raise FileNotFoundError(f"{scores}: no summary.json (a scores folder made by frobnolab score)")
+    s = json.loads(summ.read_text())
+    return scores, s, ActivationStore(s["store"])
+
+
+def _check_edit(sae, features, op: str, value: float) -> list[int]:
+    if op not in OPS:
+        raise unknown("paint operation", op, OPS)
+    features = [int(j) for j in np.atleast_1d(features)]
+    bad = [j for j in features if not 0 <= j < sae.cfg.d_sae]
+    if not features or bad:
+        raise ValueError(f"features {bad or features}: the SAE has features 0..{sae.cfg.d_sae - 1}")
+    if not np.isfinite(value):
+        raise ValueError(f"value {value!r}: must be finite")
+    return features
+
+
+def _edit_codes(f: torch.Tensor, rows, features, op: str, value: float, fmax: np.ndarray) -> torch.Tensor:
+    """``f (tokens, F)`` with ``features`` edited at ``rows`` (an index or a boolean mask); a new tensor."""
+    f2 = f.clone()
+    for j in features:
+        unit = float(fmax[j]) if np.isfinite(fmax[j]) and fmax[j] > 0 else 1.0
+        col = f2[rows, j]
+        f2[rows, j] = (torch.full_like(col, value * unit) if op == "set" else col + value * unit if op == "add"
+                       else col * value)
+    return f2
+
+
+def _change_figures(before, after, m_px) -> dict:
+    change = np.abs(np.asarray(after, np.float64) - before).sum(0)  # (H, W)
+    total = float(change.sum())
+    return {"locality": float(change[m_px].sum() / total) if total > 0 else float("nan"),
+            "mask_share": float(m_px.mean()),
+            "mean_abs_change": {"inside": float(change[m_px].mean()) if m_px.any() else float("nan"),
+                                "outside": float(change[~m_px].mean()) if (~m_px).any() else float("nan")}}
+
+
+def _distribution(d_clean, d_edit, d_data, n_ref: int) -> dict:
+    return {"edited_over_clean_nn_distance": float((d_edit / d_clean.clamp_min(1e-8)).median()),
+            "clean_reconstruction_nn_distance": float(d_clean.median()),
+            "model_activation_nn_distance": float(d_data.median()), "reference_tokens": int(n_ref)}
+
+
 class Painter:
     """One image of a scored SAE's dataset, loaded once for any number of edits (:meth:`edit`); ``mask`` as in
-    :func:`pixel_mask`. Every input is checked here, before any work."""
+    :func:`pixel_mask`. Image models (:class:`FieldPainter` paints fields; :func:`painter` picks). Every input is
+    checked here, before any work."""
 
     def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000, sae=None,
                  model=None):
         from .probe import CausalProbe
         from .sae import load_sae
         from .score import read_table
-        from .store import ActivationStore
 
-        scores = Path(scores)
-        summ = scores / "summary.json"
-        if not summ.exists():
-            raise FileNotFoundError(f"{scores}: no summary.json (a scores folder made by frobnolab score)")
-        s = json.loads(summ.read_text())
-        store = ActivationStore(s["store"])
+        scores, s, store = _scores_summary(scores)
         if store.domain.name != "image":
-            raise ValueError(f"{scores}: painting is for image models (this store's domain is {store.domain.name!r})")
+            raise ValueError(f"{scores}: Painter paints image models (this store's domain is {store.domain.name!r}; "
+                             f"FieldPainter paints fields, painter() picks)")
         ds = store.dataset
         if not 0 <= int(image) < len(ds):
             raise ValueError(f"image {image}: the dataset {ds.path} has images 0..{len(ds) - 1}")
@@ -146,54 +259,187 @@ class Painter:
 
     def edit(self, features, op: str = "add", value: float = 1.0) -> dict:
         """The measurements of one edit (see the module docstring); ``after (3, H, W)`` included as an array."""
-        if op not in OPS:
-            raise unknown("paint operation", op, OPS)
-        features = [int(j) for j in np.atleast_1d(features)]
-        bad = [j for j in features if not 0 <= j < self.sae.cfg.d_sae]
-        if not features or bad:
-            raise ValueError(f"features {bad or features}: the SAE has features 0..{self.sae.cfg.d_sae - 1}")
-        if not np.isfinite(value):
-            raise ValueError(f"value {value!r}: must be finite")
-        f2, rows = self.f.clone(), self.rows
-        for j in features:
-            unit = float(self.fmax[j]) if np.isfinite(self.fmax[j]) and self.fmax[j] > 0 else 1.0
-            col = f2[rows, j]
-            f2[rows, j] = (torch.full_like(col, value * unit) if op == "set" else col + value * unit if op == "add"
-                           else col * value)
+        features = _check_edit(self.sae, features, op, value)
+        rows = self.rows
+        f2 = _edit_codes(self.f, rows, features, op, value, self.fmax)
         with torch.no_grad():
             rec2 = torch.cat([self.sae.decode(f2[k:k + 8192]) for k in range(0, len(f2), 8192)])
             after = self.probe.output(self.probe.splice(rec=rec2)).clamp(0, 1)[0].cpu().numpy()
             ref = self.reference
-            d_clean = _nearest(self.rec[rows], ref)
-            d_edit = _nearest(rec2[rows], ref)
-            d_data = _nearest(self.clean_tok, ref)
+            dist = _distribution(_nearest(self.rec[rows], ref), _nearest(rec2[rows], ref),
+                                 _nearest(self.clean_tok, ref), len(ref))
         before, m_px = self.before, self.m_px
-        change = np.abs(after - before).sum(0)  # (H, W)
-        total = float(change.sum())
-        return {"scores": str(self.scores), "image": self.image, "features": features, "op": op,
+        return {"scores": str(self.scores), "domain": "image", "image": self.image, "features": features, "op": op,
                 "value": float(value), "mask": self.mask, "mask_pixels": int(m_px.sum()),
                 "tokens_edited": int(self.inside_tok.sum()),
                 "before": measures(before, m_px), "after": measures(after, m_px),
-                "locality": float(change[m_px].sum() / total) if total > 0 else float("nan"),
-                "mask_share": float(m_px.mean()),
-                "mean_abs_change": {"inside": float(change[m_px].mean()),
-                                    "outside": float(change[~m_px].mean()) if (~m_px).any() else float("nan")},
-                "distribution": {"edited_over_clean_nn_distance":
-                                 float((d_edit / d_clean.clamp_min(1e-8)).median()),
-                                 "clean_reconstruction_nn_distance": float(d_clean.median()),
-                                 "model_activation_nn_distance": float(d_data.median()),
-                                 "reference_tokens": int(len(ref))},
-                "after_image": after}
+                **_change_figures(before, after, m_px), "distribution": dist, "after_image": after}
+
+
+@contextmanager
+def _inputs_of(module: torch.nn.Module, seen: list):
+    """Append the first positional input of every forward of ``module`` to ``seen`` (a forward pre-hook, removed
+    on exit, even when the body raises)."""
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+class FieldPainter:
+    """One held-out view of a scored field SAE's dataset, rendered once with the SAE spliced in, for any number of
+    edits (:meth:`edit`) inside a 3D region (``mask``, see :func:`region`); ``stride``: render every stride-th pixel
+    row and column (1: the full image). Every input is checked before any rendering."""
+
+    def __init__(self, scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000, sae=None,
+                 model=None, stride: int = 1, device: str = "cpu"):
+        from frobnolab.models.field import ray_box
+
+        from .domain import EVEN_SAMPLES
+        from .sae import load_sae
+        from .score import read_table
+
+        scores, s, store = _scores_summary(scores)
+        if store.domain.name != "field":
+            raise ValueError(f"{scores}: FieldPainter paints coordinate fields (this store's domain is "
+                             f"{store.domain.name!r})")
+        ds = store.dataset
+        if not 0 <= int(image) < len(ds):
+            raise ValueError(f"image {image}: the dataset {ds.path} has views 0..{len(ds) - 1}")
+        H, W = ds.size
+        if int(stride) != stride or not 1 <= stride <= min(H, W):
+            raise ValueError(f"stride {stride!r}: a whole number from 1 to {min(H, W)}")
+        self.scores, self.image, self.mask, self.store, self.hook = scores, int(image), mask, store, s["hook"]
+        self.stride, self.device, self.samples_per_ray = int(stride), device, EVEN_SAMPLES
+        self.region = region(mask, ds.scene(int(image)) if mask.startswith("instance=") else None)
+        self.sae = sae if sae is not None else load_sae(s["sae"], device=device)
+        self.fmax = np.asarray(read_table(scores / "features.parquet")["max_act"], float)
+        self._ref_tokens, self._ref = reference_tokens, None
+        self.model = (store.load_model(device) if model is None else model).to(device).eval()
+        self.path = store[self.hook].meta["path"]
+        sl = (slice(None, None, self.stride),) * 2
+        o, d = (a[0][sl] for a in ds.rays([int(image)]))  # (h, w, 3) each
+        self.shape = o.shape[:2]
+        self.o = torch.as_tensor(o.reshape(-1, 3), dtype=torch.float32, device=device)
+        self.d = torch.as_tensor(d.reshape(-1, 3), dtype=torch.float32, device=device)
+        self.m_px = self.region.pixels(np.asarray(ds["instance"][int(image)])[sl],
+                                       np.asarray(ds["position"][int(image)])[sl])  # (h, w) the projection
+        box = getattr(self.region, "box", None)
+        if box is not None:  # a box that no ray of the view crosses inside the field: refused before rendering
+            lo = torch.maximum(torch.as_tensor(box[0], dtype=torch.float32), self.model.lo.cpu())
+            hi = torch.minimum(torch.as_tensor(box[1], dtype=torch.float32), self.model.hi.cpu())
+            near, far = ray_box(self.o.cpu(), self.d.cpu(), lo, hi)
+            if not (lo <= hi).all() or not (far >= near).any():
+                raise ValueError(f"mask {mask!r}: no ray of view {image} crosses the box inside the field's world "
+                                 f"box {self.model.config.aabb}")
+        self.inside, before = [], []  # per pass: (samples,) bool on the device
+        with torch.no_grad():
+            for o, d in self._passes():
+                seen: list = []
+                with _inputs_of(self.model, seen):
+                    out = self._render(o, d, lambda t: self.sae.decode(self.sae.encode(t)))
+                if len(seen) != 1:
+                    raise ValueError(f"hook {self.hook}: expected one field evaluation per render, saw {len(seen)}")
+                self.inside.append(torch.as_tensor(self.region.contains(seen[0].cpu().numpy()), device=device))
+                before.append(out)
+        self.before = self._image(before)
+        self.ray_px = np.concatenate([m.reshape(len(o), -1).any(1).cpu().numpy()
+                                      for m, (o, _) in zip(self.inside, self._passes())]).reshape(self.shape)
+        n = sum(int(m.sum()) for m in self.inside)
+        if n == 0:
+            raise ValueError(f"mask {mask!r}: no sample point of view {image}'s rays lies in the region")
+        self.samples_edited = n
+        draw = np.sort(np.random.default_rng(0).choice(n, size=min(n, DISTRIBUTION_TOKENS), replace=False))
+        starts = np.cumsum([0] + [int(m.sum()) for m in self.inside])
+        self._draw = [torch.as_tensor(draw[(draw >= a) & (draw < b)] - a, device=device)
+                      for a, b in zip(starts, starts[1:])]  # per pass: which of its edited samples are measured
+
+    def _passes(self):
+        for a in range(0, len(self.o), RAYS_PER_PASS):
+            yield self.o[a:a + RAYS_PER_PASS], self.d[a:a + RAYS_PER_PASS]
+
+    def _render(self, o, d, edit) -> torch.Tensor:
+        from .domain import Batch
+
+        return self.store.domain.forward(self.model, Batch(np.array([self.image]), (o, d), None),
+                                         {self.path: edit})
+
+    def _image(self, parts) -> np.ndarray:
+        return torch.cat(parts).clamp(0, 1).cpu().numpy().reshape(*self.shape, 3).transpose(2, 0, 1)
+
+    @property
+    def reference(self) -> torch.Tensor:
+        if self._ref is None:
+            self._ref = torch.as_tensor(self.store[self.hook].activations("train", max_tokens=self._ref_tokens),
+                                        device=self.device)
+        return self._ref
+
+    def edit(self, features, op: str = "add", value: float = 1.0) -> dict:
+        """The measurements of one edit (see the module docstring); ``after (3, h, w)`` included as an array."""
+        features = _check_edit(self.sae, features, op, value)
+        after, picked = [], {"clean": [], "rec": [], "edited": []}
+        with torch.no_grad():
+            for inside, draw, (o, d) in zip(self.inside, self._draw, self._passes()):
+                def paint_at(t, inside=inside, draw=draw):
+                    if len(t) != len(inside):
+                        raise ValueError(f"hook {self.hook}: {len(t)} activations for {len(inside)} sample points")
+                    f = self.sae.encode(t)
+                    rec = self.sae.decode(f)
+                    out = torch.where(inside[:, None], self.sae.decode(_edit_codes(f, inside, features, op, value,
+                                                                                    self.fmax)), rec)
+                    for key, v in (("clean", t), ("rec", rec), ("edited", out)):
+                        picked[key].append(v[inside][draw])
+                    return out
+
+                after.append(self._render(o, d, paint_at))
+            after = self._image(after)
+            ref = self.reference
+            p = {k: torch.cat(v) for k, v in picked.items()}
+            dist = _distribution(_nearest(p["rec"], ref), _nearest(p["edited"], ref), _nearest(p["clean"], ref),
+                                 len(ref))
+        dist["edited_samples_measured"] = int(len(p["rec"]))
+        before, m_px = self.before, self.m_px
+        change = np.abs(np.asarray(after, np.float64) - before).sum(0)
+        total = float(change.sum())
+
+        return {"scores": str(self.scores), "domain": "field", "image": self.image, "features": features, "op": op,
+                "value": float(value), "mask": self.mask, "mask_pixels": int(m_px.sum()),
+                "tokens_edited": self.samples_edited, "stride": self.stride, "samples_per_ray": self.samples_per_ray,
+                "rays_edited": int(self.ray_px.sum()),
+                "before": measures(before, m_px), "after": measures(after, m_px),
+                **_change_figures(before, after, m_px),
+                "ray_locality": float(change[self.ray_px].sum() / total) if total > 0 else float("nan"),
+                "distribution": dist, "after_image": after}
+
+
+def painter(scores: str | Path, image: int, mask: str = "all", reference_tokens: int = 20_000, **kw):
+    """A :class:`Painter` or a :class:`FieldPainter`, as the store of ``scores`` is an image model's or a field's;
+    ``kw``: their other options (``sae``, ``model``; fields also ``stride``, ``device``)."""
+    _, _, store = _scores_summary(scores)
+    if store.domain.name == "field":
+        return FieldPainter(scores, image, mask, reference_tokens, **kw)
+    if "stride" in kw:
+        raise ValueError("stride: fields only (an image model paints its whole image)")
+    return Painter(scores, image, mask, reference_tokens, **kw)
 
 
 def paint(scores: str | Path, image: int, features, *, op: str = "add", value: float = 1.0, mask: str = "all",
-          out: str | Path | None = None, reference_tokens: int = 20_000) -> dict:
-    """Edit ``features`` of the SAE scored in ``scores`` on ``image`` of its store's dataset inside ``mask``;
-    returns (and with ``out`` writes, as paint.json and paint.png) the measurements. Every input is checked before
-    any work."""
+          out: str | Path | None = None, reference_tokens: int = 20_000, **kw) -> dict:
+    """Edit ``features`` of the SAE scored in ``scores`` on ``image`` of its store's dataset inside ``mask`` (an
+    image model's pixel mask or a field's 3D region, see the module docstring); returns (and with ``out`` writes,
+    as paint.json and paint.png) the measurements. ``kw``: as :func:`painter`. Every input is checked before any
+    work."""
+    from .sae import load_sae
+
     if op not in OPS:
         raise unknown("paint operation", op, OPS)
-    p = Painter(scores, image, mask, reference_tokens)
+    if not np.isfinite(value):
+        raise ValueError(f"value {value!r}: must be finite")
+    _, s, _ = _scores_summary(scores)
+    kw["sae"] = kw.get("sae") if kw.get("sae") is not None else load_sae(s["sae"], device=kw.get("device", "cpu"))
+    _check_edit(kw["sae"], features, op, value)  # before the painter renders anything
+    p = painter(scores, image, mask, reference_tokens, **kw)
     res = p.edit(features, op, value)
     after = res.pop("after_image")
     if out is not None:
