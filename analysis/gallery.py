@@ -593,6 +593,16 @@ def match_block(r: dict, c: dict, side: str) -> str:
             f"<a href='compare.html'>all shared and model-specific features</a></p>")
 
 
+def feature_map_html(run: Run, pages: dict | None = None) -> str:
+    """The feature map of every alive feature (``analysis/feature_map.py``) as HTML, its points linking to
+    ``pages`` ({feature: page}; the notebook shows it without links)."""
+    alive = np.flatnonzero(np.asarray(run.table["freq"], float) > 0)
+    t = run.table
+    return map_section(alive, run.sae.W_dec.detach().float().cpu().numpy()[alive],
+                       [str(t["named_concept"][j]) for j in alive], np.asarray(t["named_r2"], float)[alive],
+                       np.asarray(t["frob"], float)[alive], np.asarray(t["candidate"], bool)[alive], pages or {})
+
+
 def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, progress: bool = True,
                   every_alive: bool = True) -> Path:
     """Write the static gallery of a scored run into ``out``: index.html and one page per alive feature (with
@@ -670,11 +680,7 @@ def build_gallery(run_path: str | Path, out: str | Path, n_pages: int = 24, prog
         head = "".join(f"<th data-k='{c}'>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
         d = run.summary["dictionary"]
         vsec = verdicts_section(verdicts, pages) if verdicts is not None else ""
-        alive = np.flatnonzero(freq > 0)
-        fmap = map_section(alive, run.sae.W_dec.detach().float().cpu().numpy()[alive],
-                           [str(run.table["named_concept"][j]) for j in alive],
-                           np.asarray(run.table["named_r2"], float)[alive], np.asarray(run.table["frob"], float)[alive],
-                           np.asarray(run.table["candidate"], bool)[alive], pages)
+        fmap = feature_map_html(run, pages)
         index = (f"<!doctype html><html><head><meta charset='utf-8'><title>frobnolab gallery</title>"
                  f"<style>{_CSS}</style></head><body><h1>Feature gallery</h1><p>{title}: {run.summary['tokens']} "
                  f"held-out tokens, {run.summary['alive']} of {run.summary['features']} features alive, MCC "
