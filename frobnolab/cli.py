@@ -356,6 +356,22 @@ def _cmd_gallery(args) -> int:
     return 0
 
 
+def _cmd_notebook(args) -> int:
+    import time
+
+    from frobnolab.analysis.notebook import NotebookError, execute_notebook
+
+    t0 = time.perf_counter()
+    try:
+        out = execute_notebook(args.run_dir, args.out, timeout=args.timeout, progress=not args.quiet)
+    except NotebookError as e:  # the kernel failed on a cell: not bad input, nothing written
+        print(f"frobnolab notebook: error: {e}", file=sys.stderr)
+        return 1
+    print(f"notebook: {out} (executed in {time.perf_counter() - t0:.0f} s, widget state saved; opens without a "
+          f"kernel: jupyter lab {shlex.quote(str(out))})")
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     """The main job, end to end on an embedded default."""
     from pathlib import Path
@@ -795,6 +811,19 @@ def _gallery_options(t):
                    help="features that get a page of pictures")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=_cmd_gallery)
+
+
+@_command("notebook", "execute the gallery notebook against a scored run and save it with its outputs and widget "
+                     "state (it then opens without a kernel)")
+def _notebook_options(t):
+    from frobnolab.analysis.notebook import execute_notebook
+
+    t.add_argument("run_dir", metavar="RUN", help="run folder (with scores/) or a scores folder")
+    t.add_argument("--out", help="the executed notebook to write (default: RUN/gallery.ipynb)")
+    t.add_argument("--timeout", type=int, default=default(execute_notebook, "timeout"),
+                   help="seconds a cell may run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_cmd_notebook)
 
 
 @_command("quickstart", "run the main job end to end on an embedded default")
