@@ -44,8 +44,8 @@ def embed(w_FD: np.ndarray, seed: int = 0) -> np.ndarray:
 
         xy = TSNE(n_components=2, metric="cosine", init="pca", perplexity=min(30.0, (n - 1) / 3),
                   random_state=seed).fit_transform(w.astype(np.float32))
-    lo, span = xy.min(0), np.ptp(xy, 0)
-    return (xy - lo) / np.where(span > 0, span, 1.0)
+    lo, span = xy.min(0), float(np.ptp(xy, 0).max())  # one scale for both axes: no stretching
+    return (xy - lo) / (span if span > 0 else 1.0)
 
 
 def concept_agreement(w_FD: np.ndarray, concepts, k: int = 5, n_null: int = 200, seed: int = 0) -> dict:
@@ -53,12 +53,14 @@ def concept_agreement(w_FD: np.ndarray, concepts, k: int = 5, n_null: int = 200,
     same share under ``n_null`` random permutations of the concepts (95th percentile, one-sided p)."""
     concepts = np.asarray(concepts, dtype=object)
     n = len(concepts)
-    if n <= k:
+    if n < 2 * k + 2:  # fewer, and every permutation gives nearly the same share: p cannot be small
         return {"k": k, "share": float("nan"), "null95": float("nan"), "p": float("nan"), "features": n}
-    w = unit_rows(w_FD)
-    cos = w @ w.T
-    np.fill_diagonal(cos, -np.inf)
-    near_FK = np.argpartition(-cos, k, axis=1)[:, :k]
+    w = unit_rows(w_FD).astype(np.float32)
+    near_FK = np.empty((n, k), np.int64)
+    for a in range(0, n, 512):  # blocks of rows: 8 MB at F = 4,096 instead of the whole (F, F)
+        cos = w[a:a + 512] @ w.T
+        cos[np.arange(len(cos)), np.arange(a, a + len(cos))] = -np.inf
+        near_FK[a:a + 512] = np.argpartition(-cos, k, axis=1)[:, :k]
     _, code = np.unique(concepts.astype(str), return_inverse=True)
     share = float((code[near_FK] == code[:, None]).mean())
     rng = np.random.default_rng(seed)
@@ -86,7 +88,8 @@ def map_svg(features, xy_F2: np.ndarray, concepts, named_r2, frob, candidate, pa
     names, counts = np.unique(concepts, return_counts=True)
     top = [str(n) for n in names[np.argsort(-counts, kind="stable")][: len(PALETTE)]]
     colour = {c: PALETTE[i] for i, c in enumerate(top)}
-    fmax = float(np.nanmax(frob)) if len(frob) and np.isfinite(np.nanmax(frob)) else 0.0
+    finite = np.asarray(frob, float)[np.isfinite(np.asarray(frob, float))]
+    fmax = float(finite.max()) if len(finite) else 0.0
     pad = 12
     dots = []
     for j, (x, y), c, r2, fr, cand in zip(features, xy_F2, concepts, named_r2, frob, candidate):
@@ -98,8 +101,9 @@ def map_svg(features, xy_F2: np.ndarray, concepts, named_r2, frob, candidate, pa
                f"stroke='{'#000' if cand else 'none'}'><title>{tip}</title></circle>")
         dots.append(f"<a href='{html.escape(pages[int(j)])}'>{dot}</a>" if int(j) in pages else dot)
     legend = "".join(f"<span class='key'><i style='background:{colour[c]}'></i>{html.escape(c)}</span>" for c in top)
-    legend += f"<span class='key'><i style='background:{OTHER}'></i>other concepts</span>"
-    return (f"<svg id='fmap' width='{width}' height='{height}' role='img' style='border:1px solid #ddd'>"
+    if any(c not in colour for c in concepts):
+        legend += f"<span class='key'><i style='background:{OTHER}'></i>other concepts</span>"
+    return (f"<svg id='fmap' width='{width}' height='{height}' style='border:1px solid #ddd'>"
             f"<title>feature map</title>{''.join(dots)}</svg><div id='fmap-legend' class='legend'>{legend}</div>"
             f"<div id='fmap-frob' class='legend' style='display:none'>frobnoloid score: "
             f"<span class='key'><i style='background:{_frob_colour(0, 1)}'></i>0</span>"
@@ -122,13 +126,14 @@ def map_section(features, w_FD, concepts, named_r2, frob, candidate, pages: dict
     how = "t-SNE" if len(features) >= 8 else "PCA"
     if np.isfinite(agree["share"]):
         verdict = "beyond" if agree["p"] <= 0.05 else "not beyond"
-        agree_line = (f"{agree['share']:.0%} of each feature's {agree['k']} nearest decoder directions share its best "
-                      f"named concept, against {agree['null95']:.0%} (95th percentile) with the concepts dealt at "
+        agree_line = (f"On average {agree['share']:.0%} of a feature's {agree['k']} nearest decoder directions "
+                      f"share its best named concept, against {agree['null95']:.0%} (95th percentile) with the concepts dealt at "
                       f"random (p {agree['p']:.3g}): {verdict} chance.")
     else:
         agree_line = "Too few features to measure whether neighbours share concepts."
     return (f"<h2>Feature map</h2><p>Each of the {len(features)} alive features, placed by {how} of its decoder "
-            f"direction (cosine); near points write similar directions. Candidates are outlined; click a point for "
+            f"direction (cosine); near points write similar directions (t-SNE keeps neighbours, not distances: far "
+            f"apart means only \"not neighbours\"). Candidates are outlined; click a point for "
             f"its page. {agree_line}</p><p class='controls'>colour by <label><input type='radio' name='fmapby' "
             f"value='concept' checked> best named concept</label><label><input type='radio' name='fmapby' "
             f"value='frob'> frobnoloid score</label></p>"

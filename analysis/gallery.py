@@ -305,6 +305,9 @@ def feature_figures(run: Run, feature: int, folder: Path, maps=None, quantiles: 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     figures = run.store.domain.figures
+    if "crops" in figures and maps is None:  # every band's crops from one pass of the model
+        maps = model_feature_maps(run.store, run.hook, run.sae, sorted(example_images(run, feature, quantiles) - {-1}),
+                                  [feature], model=run.model)
     if "crops" in figures:
         concept = str(run.table["named_concept"][feature])
         for band, q in QUANTILES if quantiles else QUANTILES[:1]:
@@ -462,18 +465,23 @@ def responds_block(rows: list[dict] | None, explained: str, candidate: bool, top
 
 def gap_block(run: Run, feature: int, bars: dict | None = None) -> str:
     """A feature page's "What the verdict is about": the feature's scene R^2 (what its exact ground truth
-    explains), its best name (single concept, pair or description) and their difference, the gap, with the bars the
-    gap must clear: the rate-matched random directions' 95th percentile and, from ``verdicts.json``, the random
-    model's and each baseline's."""
-    t = run.table
+    explains), its best name (single concept, pair or description) and their difference, the gap, with the gap's
+    bars: the candidate rule's threshold, the pooled random directions' 95th percentile (for reference: the rule
+    tests the gap against random directions of the feature's own firing rate, by q-value) and, from
+    ``verdicts.json``, the random model's and each baseline's 95th percentile, which a frobnoloid must clear."""
+    t, s = run.table, run.summary
     scene, named, gap = (_clean(t[c][feature]) for c in ("scene_r2", "named_best" if "named_best" in t else
                                                          "named_r2", "gap"))
-    marks = {"random directions": _clean(run.summary["nulls95"].get("gap"))}
-    marks.update({k.replace(" gap", ""): v for k, v in (bars or {}).items() if k.endswith("gap") and v is not None})
-    W, left, row = 460, 150, 22
+    fdr = s.get("fdr", {})
+    marks = {"candidate threshold": fdr.get("candidate_gap"),
+             "random directions (pooled) 95%": _clean(s["nulls95"].get("gap"))}
+    marks.update({f"{k.replace(' gap', '')} 95%": v for k, v in (bars or {}).items()
+                  if k.endswith("gap") and v is not None})
+    marks = {k: float(v) for k, v in marks.items() if v is not None and np.isfinite(float(v))}
+    W, left, row = 520, 150, 22
     rows = (("scene R2 (real)", scene, "#c44e52"), ("best name", named, "#55a868"), ("gap", gap, "#8172b3"))
     H = 30 + row * len(rows) + 14 * len(marks)
-    x = lambda v: left + (W - left - 40) * min(max(float(v), 0.0), 1.0)  # noqa: E731
+    x = lambda v: left + (W - left - 170) * min(max(float(v), 0.0), 1.0)  # noqa: E731
     body = "".join(
         f"<text x='{left - 6}' y='{26 + i * row + 12}' font-size='11' text-anchor='end'>{html.escape(name)}</text>"
         + (f"<rect x='{left}' y='{26 + i * row}' width='{x(v) - left:.1f}' height='{row - 6}' fill='{col}'/>"
@@ -484,16 +492,21 @@ def gap_block(run: Run, feature: int, bars: dict | None = None) -> str:
     ticks = "".join(
         f"<line x1='{x(v):.1f}' x2='{x(v):.1f}' y1='{y_gap - 3}' y2='{y_gap + row - 3 + 14 * (k + 1)}' "
         f"stroke='#000' stroke-dasharray='3 2'/><text x='{x(v) + 3:.1f}' y='{y_gap + row + 14 * (k + 1) - 4}' "
-        f"font-size='9'>{html.escape(name)} 95%: {v:.3f}</text>"
-        for k, (name, v) in enumerate((n, v) for n, v in marks.items() if v is not None and np.isfinite(v)))
-    cand = bool(t["candidate"][feature])
-    p, q = _clean(t["p_gap"][feature]) if "p_gap" in t else None, _clean(t["q_value"][feature]) if "q_value" in t \
-        else None
+        f"font-size='9'>{html.escape(name)}: {v:.3f}</text>" for k, (name, v) in enumerate(marks.items()))
+    p = _clean(t["p_gap"][feature]) if "p_gap" in t else None
+    q = _clean(t["q_value"][feature]) if "q_value" in t else None
+    frob_bar = (bars or {}).get("random model frob")
+    frob_line = f" (and its frobnoloid score the random model's, {_num(frob_bar)})" if frob_bar is not None else ""
+    status = ("It is a frobnoloid candidate" if bool(t["candidate"][feature]) else "It is not a candidate")
     return (f"<h2>What the verdict is about</h2><p>The gap is what the scene's exact ground truth explains of this "
-            f"feature (scene R<sup>2</sup>) and no name, pair of names or short formula does (best name); a "
-            f"frobnoloid's gap must clear every dashed bar. Gap p {_num(p, '.3g')}, q {_num(q, '.3g')} against "
-            f"random directions of its firing rate{': a candidate' if cand else ''}.</p>"
-            f"<svg class='gap' width='{W}' height='{H}' role='img'><title>gap</title>{body}{ticks}</svg>")
+            f"feature (scene R<sup>2</sup>) and no name, pair of names or short formula of names does (best name). "
+            f"A candidate is real (scene R<sup>2</sup> above its floor), has a gap above the candidate threshold "
+            f"({_num(fdr.get('candidate_gap'), '.2f')}) with a q-value at most {_num(fdr.get('q_level'), '.2f')} "
+            f"against random directions of its own firing rate, and a causal effect beyond the causal null; a "
+            f"frobnoloid's gap must also clear the random model's and every baseline's 95th percentile"
+            f"{frob_line}"
+            f". This feature's gap: p {_num(p, '.3g')}, q {_num(q, '.3g')}. {status}.</p>"
+            f"<svg class='gap' width='{W}' height='{H}'><title>gap</title>{body}{ticks}</svg>")
 
 
 def nearby_block(run: Run, feature: int, pages: dict, n: int = 5) -> str:

@@ -48,7 +48,8 @@ OPS = ("set", "add", "scale")
 DISTRIBUTION_TOKENS = 2048
 """Fields: the edited samples (at most, a seeded draw) whose nearest training activations are measured."""
 RAYS_PER_PASS = 1024
-"""Fields: rays rendered per forward pass (bounds the memory of a full view's samples and their codes)."""
+"""Fields: rays rendered per forward pass at most; fewer for wide SAEs (:meth:`FieldPainter._passes`: the dense
+codes of one pass stay near 64 MB whatever the SAE's width)."""
 
 
 def pixel_mask(ds, image: int, spec: str) -> np.ndarray:
@@ -356,8 +357,9 @@ class FieldPainter:
                       for a, b in zip(starts, starts[1:])]  # per pass: which of its edited samples are measured
 
     def _passes(self):
-        for a in range(0, len(self.o), RAYS_PER_PASS):
-            yield self.o[a:a + RAYS_PER_PASS], self.d[a:a + RAYS_PER_PASS]
+        rays = max(32, min(RAYS_PER_PASS, 2**24 // (self.samples_per_ray * self.sae.cfg.d_sae)))
+        for a in range(0, len(self.o), rays):
+            yield self.o[a:a + rays], self.d[a:a + rays]
 
     def _render(self, o, d, edit) -> torch.Tensor:
         from .domain import Batch
@@ -419,8 +421,9 @@ def painter(scores: str | Path, image: int, mask: str = "all", reference_tokens:
     _, _, store = _scores_summary(scores)
     if store.domain.name == "field":
         return FieldPainter(scores, image, mask, reference_tokens, **kw)
-    if "stride" in kw:
-        raise ValueError("stride: fields only (an image model paints its whole image)")
+    for k in ("stride", "device"):
+        if k in kw:
+            raise ValueError(f"{k}: for coordinate fields only (an image model paints its whole image on the CPU)")
     return Painter(scores, image, mask, reference_tokens, **kw)
 
 

@@ -24,24 +24,26 @@ def save_figure(fig, path: Path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def model_feature_maps(store, hook: str, sae, images: list[int], features, model=None, batch: int = 8) -> dict:
+def model_feature_maps(store, hook: str, sae, images: list[int], features, model=None, batch: int = 8,
+                       device: str | None = None) -> dict:
     """Full activation maps {image: {feature: (h, w)}} of ``features``: the model runs on each image and every
     token is encoded: the store keeps only a sample of each image's tokens (TAESD at 64 px: 64 of 256 positions), so
     maps drawn from it are mostly blank. Image models only."""
     from .probe import CausalProbe
 
-    model = store.load_model() if model is None else model
+    model = store.load_model(device or "cpu") if model is None else model
+    device = device or str(next(model.parameters()).device)  # never moves a caller's model
     want = sorted(set(int(i) for i in images))
     cols = sorted(set(int(j) for j in features))
     out = {}
     for k in range(0, len(want), batch):
         ims = want[k:k + batch]
-        t = CausalProbe(model, sae, store, hook, images=ims).clean_activation()  # (b, C, h, w)
+        t = CausalProbe(model, sae, store, hook, images=ims, device=device).clean_activation()  # (b, C, h, w)
         b, c, h, w = t.shape
-        flat = t.permute(0, 2, 3, 1).reshape(-1, c)
+        flat = t.permute(0, 2, 3, 1).reshape(-1, c).float()
         with torch.no_grad():
             f = torch.cat([sae.encode(flat[s:s + 8192])[:, cols] for s in range(0, len(flat), 8192)])
-        f_bhwk = f.reshape(b, h, w, len(cols)).numpy()
+        f_bhwk = f.reshape(b, h, w, len(cols)).cpu().numpy()
         for i, im in enumerate(ims):
             out[im] = {j: f_bhwk[i, :, :, q] for q, j in enumerate(cols)}
     return out
@@ -201,7 +203,8 @@ def replace_section(report: Path, lines: list[str]) -> Path:
     return atomic_write(report, "\n".join(text).rstrip("\n") + "\n")
 
 
-def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n_top: int = 8) -> Path:
+def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n_top: int = 8, model=None,
+                 device: str | None = None) -> Path:
     out = Path(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
@@ -213,7 +216,7 @@ def write_report(table: dict, summary: dict, store, hook: str, sae, out: Path, n
     wanted = sorted(set(top) | set(named))
     if pictures and wanted:
         ims = sorted({int(x[0]) for j in wanted for x in first_images(table["top_where"][j])})
-        maps = model_feature_maps(store, hook, sae, ims, wanted)
+        maps = model_feature_maps(store, hook, sae, ims, wanted, model=model, device=device)
         for j in wanted:
             feature_figure(store, hook, sae, j, table["top_where"][j], str(table["named_concept"][j]),
                            fig_dir / f"feature_{j}.png", maps)

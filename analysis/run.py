@@ -90,7 +90,7 @@ def _score_dictionary(store: ActivationStore, hook: str, sae, out: Path, cfg: Sc
     if scores.nulls is not None:  # what later dictionaries on these tokens (baselines) are tested against
         write_table(scores.nulls, out / "null_features.parquet")
     write_json(out / "summary.json", summary)
-    write_report(scores.table, summary, store, hook, sae, out)
+    write_report(scores.table, summary, store, hook, sae, out, model=model, device=cfg.device)
     return summary
 
 

@@ -315,7 +315,9 @@ def _cmd_paint(args) -> int:
     ops = [(op, v) for op, v in (("set", args.set), ("add", args.add), ("scale", args.scale)) if v is not None]
     if len(ops) != 1:
         raise ValueError("give exactly one of --set, --add or --scale")
-    r = paint(args.scores, args.image, args.features, op=ops[0][0], value=ops[0][1], mask=args.mask, out=args.out)
+    extra = {"stride": args.stride} if args.stride != 1 else {}
+    r = paint(args.scores, args.image, args.features, op=ops[0][0], value=ops[0][1], mask=args.mask, out=args.out,
+              **extra)
     for when in ("before", "after"):
         for where in ("inside", "outside"):
             m = r[when][where]
@@ -324,6 +326,8 @@ def _cmd_paint(args) -> int:
     print(f"locality {r['locality']:.2f} (the mask is {r['mask_share']:.0%} of the image); edited tokens' nearest "
           f"training activation {d['edited_over_clean_nn_distance']:.2f}x as far as the unedited reconstruction's; "
           f"{args.out}/paint.png")
+    if r.get("domain") == "field":
+        print(f"{r['rays_edited']} rays cross the region; {r['ray_locality']:.2f} of the change is on them")
     return 0
 
 
@@ -796,7 +800,10 @@ def _paint_options(t):
     t.add_argument("--add", type=float, help="add this, in units of each feature's largest activation")
     t.add_argument("--scale", type=float, help="multiply the features by this")
     t.add_argument("--mask", default="all",
-                   help="where: all, foreground, shadow, instance=K, any boolean buffer, or box:R0,C0,R1,C1")
+                   help="where: image models: all, foreground, shadow, instance=K, any boolean buffer, or "
+                        "box:R0,C0,R1,C1 (pixels); coordinate fields: all, box3:X0,Y0,Z0,X1,Y1,Z1 (world units) or "
+                        "instance=K (inside object K); the image index is then the held-out view re-rendered")
+    t.add_argument("--stride", type=int, default=1, help="coordinate fields: render every N-th row and column")
     t.add_argument("--out", required=True, help="folder for paint.json and paint.png")
     t.set_defaults(run=_cmd_paint)
 

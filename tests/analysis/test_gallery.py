@@ -366,30 +366,44 @@ def test_shown_features_get_a_painting_panel(gallery, tiny_run):
 
 # ------------------------------------------------------------------------------- feature map, full maps, the gap
 
-def test_full_activation_maps_agree_with_the_store_and_fill_its_gaps(tiny_run):
-    """The crops' heatmaps come from running the model on the image: where the store kept a token they equal the
-    store's encoded activation; the store's other cells, which it never kept, are filled too."""
+def test_full_activation_maps_agree_with_the_store_and_fill_its_gaps(tiny_run, tmp_path):
+    """The crops' heatmaps come from running the model on the image. On a store that kept a sample of each image's
+    tokens they equal its encoded activations at the kept cells, and the cells it never kept equal those of a store
+    that kept every token."""
     import torch
 
     from frobnolab.analysis.gallery import load_run
     from frobnolab.analysis.report import model_feature_maps
+    from frobnolab.analysis.store import ActivationStore, ExtractConfig, extract
 
     run = load_run(tiny_run)
-    tok = run.store[run.hook]
-    chunk = tok.chunk(0, "all", parts=("acts", "where"))
+    full = run.store[run.hook]  # the tiny store keeps every token of every image
+    cfg = dict(run.store.manifest["key"]["config"])
+    sampled = ActivationStore(extract(ExtractConfig(model=cfg["model"], dataset=cfg["dataset"], hooks=(run.hook,),
+                                                    tokens_per_image=24, seed=0), tmp_path / "sampled",
+                                      progress=False))
+    chunk = sampled[run.hook].chunk(0, "all", parts=("acts", "where"))
     im = int(chunk.where[0, 0])
-    rows = chunk.where[:, 0] == im
+    kept = chunk.where[chunk.where[:, 0] == im]
     with torch.no_grad():
-        f = run.sae.encode(torch.from_numpy(chunk.acts[rows])).numpy()
-    j = int(np.argmax((f > 0).sum(0)))  # the feature firing most often on this image
-    maps = model_feature_maps(run.store, run.hook, run.sae, [im], [j], model=run.model)
-    m = maps[im][j]
+        f_kept = run.sae.encode(torch.from_numpy(chunk.acts[chunk.where[:, 0] == im])).numpy()
+    j = int(np.argmax((f_kept > 0).sum(0)))  # the feature firing most often on the kept tokens
+    m = model_feature_maps(sampled, run.hook, run.sae, [im], [j], model=run.model)[im][j]
     H, W = run.dataset.size
-    s = max(tok.stride, 1)
-    assert m.shape == (H // s, W // s)
-    at = chunk.where[rows]
-    np.testing.assert_allclose(m[at[:, 1], at[:, 2]], f[:, j], rtol=1e-4, atol=1e-5)
-    assert len(at) <= m.size  # the map covers every cell, kept or not
+    s = max(full.stride, 1)
+    assert m.shape == (H // s, W // s) and len(kept) < m.size // 4
+    np.testing.assert_allclose(m[kept[:, 1], kept[:, 2]], f_kept[:, j], rtol=1e-4, atol=1e-5)
+    every = [c for c in full.chunks("all", parts=("acts", "where"))]
+    where = np.concatenate([c.where for c in every])
+    acts = np.concatenate([c.acts for c in every])[where[:, 0] == im]
+    where = where[where[:, 0] == im]
+    with torch.no_grad():
+        want = np.zeros_like(m)
+        want[where[:, 1], where[:, 2]] = run.sae.encode(torch.from_numpy(acts)).numpy()[:, j]
+    gap = np.ones(m.shape, bool)
+    gap[kept[:, 1], kept[:, 2]] = False
+    assert (want[gap] > 0).sum() > 0  # the sampled store would have left these firing cells blank
+    np.testing.assert_allclose(m[gap], want[gap], rtol=1e-4, atol=1e-5)
 
 
 def test_feature_map_links_every_alive_feature_and_recolours(gallery, tiny_run, browser):
@@ -429,6 +443,19 @@ def test_concept_agreement_beats_its_null_only_when_geometry_follows_concepts():
     assert (labels[d.argmin(1)] == labels).mean() > 0.95
 
 
+def test_feature_map_small_and_hostile_inputs():
+    from frobnolab.analysis.feature_map import concept_agreement, map_section
+
+    rng = np.random.default_rng(1)
+    few = concept_agreement(rng.normal(size=(6, 8)), ["a", "b", "a", "b", "a", "b"])
+    assert np.isnan(few["p"])  # too few features to test: said, not a p of 1
+    evil = "<script>window.pwned=1</script>'\"&"
+    html_ = map_section([0, 1, 2], rng.normal(size=(3, 8)), [evil, "depth", evil], [0.5, 0.2, 0.1], [0.0, 0.3, 0.1],
+                        [False, True, False], {1: "feature_1.html"})
+    assert evil not in html_ and "&lt;script&gt;" in html_ and "PCA" in html_ and "Too few" in html_
+    assert html_.count("<a href='feature_1.html'>") == 1 and html_.count("<circle") == 3
+
+
 def test_feature_pages_show_the_gap_and_ablate_their_own_image(gallery, tiny_run):
     from frobnolab.analysis.gallery import load_run, shown_features
     from frobnolab.analysis.report import first_images
@@ -436,7 +463,9 @@ def test_feature_pages_show_the_gap_and_ablate_their_own_image(gallery, tiny_run
     run = load_run(tiny_run)
     for j in _alive(tiny_run / "scores"):
         text = (gallery / f"feature_{j}.html").read_text()
-        assert "<h2>What the verdict is about</h2>" in text and "random directions 95%" in text, j
+        assert "<h2>What the verdict is about</h2>" in text and "random directions (pooled) 95%" in text, j
+        assert "candidate threshold" in text and ("It is a frobnoloid candidate" in text) == bool(
+            run.table["candidate"][j]), j
         gap = run.table["gap"][j]
         if np.isfinite(gap):
             assert f">{round(float(gap), 4):.3f}</text>" in text  # the gap bar's label is the table's gap
@@ -451,8 +480,13 @@ def test_feature_pages_show_the_gap_and_ablate_their_own_image(gallery, tiny_run
 
         with torch.no_grad():
             after = p.probe.ablated_output(j)
-        # ablating a feature that fires on this image changes the output there
-        assert float((after.clamp(0, 1)[0].numpy() - p.before).__abs__().max()) > 0
+        # ablating a feature that fires on this image changes the output; one that never fires on it, nothing
+        assert float(np.abs(after.clamp(0, 1)[0].numpy() - p.before).max()) > 0
+        silent = np.flatnonzero(p.f.abs().sum(0).numpy() == 0)
+        if len(silent):
+            with torch.no_grad():
+                same = p.probe.ablated_output(int(silent[0])).clamp(0, 1)[0].numpy()
+            np.testing.assert_array_equal(same, p.before)
         assert ablation_figure(run, j, gallery.parent / "abl.png", p).stat().st_size > 0
 
 
