@@ -67,6 +67,7 @@ def test_notebook_runs_top_to_bottom(executed):
     assert WIDGET_VIEW in mimes
     html = "".join(o["data"].get("text/html", "") for o in outputs if "data" in o)
     assert "named_concept" in html and "frob" in html and "q_value" in html
+    assert "<h2>Feature map</h2>" in html and html.count("<circle") >= 2  # the map of every alive feature
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "held-out tokens" in text and "histogram" in text
     assert "locality" in text and "as far from the training activations" in text  # the painting cell
