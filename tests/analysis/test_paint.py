@@ -191,3 +191,57 @@ def test_bad_field_values_are_refused_before_rendering(field_run, tiny_single, m
         args = {"features": [0], "op": "add", "value": 1.0, **kw}
         with pytest.raises(ValueError, match=message):
             P.paint(field_run / "scores", _view(tiny_single), args.pop("features"), mask=SPHERE_BOX, **args)
+
+
+# ------------------------------------------------------------------------- pretrained image models: TAESD, SD VAE
+
+def _reduced_scores(store, hook, sae_dir, scores):
+    """A scores folder reduced to what painting reads (as ``field_run`` makes one)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from frobnolab.analysis.sae import load_sae
+    from frobnolab.analysis.store import ActivationStore
+
+    with torch.no_grad():
+        f = load_sae(sae_dir).encode(torch.as_tensor(ActivationStore(store)[hook].activations("test")))
+    scores.mkdir()
+    pq.write_table(pa.table({"feature": np.arange(f.shape[1]), "max_act": f.max(0).values.numpy().astype(float),
+                             "freq": (f > 0).float().mean(0).numpy().astype(float)}), scores / "features.parquet")
+    (scores / "summary.json").write_text(json.dumps({"store": str(store), "hook": hook, "sae": str(sae_dir)}))
+    return scores
+
+
+@pytest.mark.parametrize("kind,hook", [("taesd", "enc3"), ("taesd", "dec3"), ("sd-vae", "enc_mid"),
+                                       ("sd-vae", "dec_up0")])
+def test_painting_pretrained_autoencoders_at_encoder_and_decoder_hooks(kind, hook, tiny_dataset, taesd_dir,
+                                                                       tmp_path):
+    """TAESD (the real weights) and the SD VAE path (a tiny random AutoencoderKL saved as a diffusers folder), at an
+    encoder and a decoder hook: an identity edit changes nothing, an edit in a box lands mostly in it."""
+    from frobnolab.analysis.paint import Painter
+    from frobnolab.analysis.sae import SAETrainConfig, train_sae
+    from frobnolab.analysis.store import ExtractConfig, extract
+
+    if kind == "sd-vae":
+        from tests.models.test_hooks import tiny_kl
+
+        tiny_kl().net.save_pretrained(tmp_path / "vae")
+        model = f"sd-vae:{tmp_path / 'vae'}"
+    else:
+        model = f"taesd:{taesd_dir}"
+    store = extract(ExtractConfig(model=model, dataset=str(tiny_dataset), hooks=(hook,), tokens_per_image=32),
+                    tmp_path / "store", progress=False)
+    train_sae(store, tmp_path / "sae", SAETrainConfig(hook=hook, width=16, k=4, training_tokens=4096, batch_size=128,
+                                                      checkpoints=1), progress=False, evaluate=False)
+    scores = _reduced_scores(store, hook, tmp_path / "sae", tmp_path / "scores")
+    image = int(Dataset(tiny_dataset).split("test")[0])
+    t = read_table(scores / "features.parquet")
+    j = int(np.argmax(np.asarray(t["freq"], float)))
+    p = Painter(scores, image, "box:0,0,16,16", reference_tokens=2000)
+    same = p.edit([j], "scale", 1.0)
+    assert same["mean_abs_change"]["inside"] == 0 and same["mean_abs_change"]["outside"] == 0
+    r = p.edit([j], "add", 3.0)
+    assert r["mean_abs_change"]["inside"] > r["mean_abs_change"]["outside"] > 0 or (
+        r["mean_abs_change"]["inside"] > 0 and r["mean_abs_change"]["outside"] == 0), r["mean_abs_change"]
+    assert r["locality"] > r["mask_share"], (r["locality"], r["mask_share"])
