@@ -210,6 +210,11 @@ class PlantedProbe:
         return self._per_image(((np.asarray(f_NF, np.float64) - self.u) @ self.w) ** 2)
 
 
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
 def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cfg: ScoreConfig | None = None,
                     progress: bool = True, seed: int = 0, units=planted_units, width: int = 1) -> dict:
     """Run the planted validation on a dataset; writes ``OUT/validation.json``; returns it (``passed`` inside).
@@ -265,7 +270,9 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
                      "causal": float(table["causal"][j]), "frob": float(table["frob"][j]),
                      "gap": float(table["gap"][j]), "candidate": bool(table["candidate"][j]),
                      "q_value": float(table["q_value"][j]) if "q_value" in table else None,
-                     "frob_rank": order.index(j) + 1, "ok": ok})
+                     "frob_rank": order.index(j) + 1, "ok": ok,
+                     "heldout_r2": {k.split(":", 1)[1]: _finite(table[k][j]) for k in table
+                                    if k.startswith("heldout_r2:")}})
     nameless = next((r for r in rows if r["kind"] == "nameless"), None)
     noise_ok = all(r["ok"] for r in rows if r["kind"] == "noise")
     res = {
@@ -274,6 +281,8 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
         "nameless_rank": nameless["frob_rank"] if nameless else None, "noise_at_null": noise_ok, "nulls95": nulls,
         "tokens": summary["tokens"], "bootstrap_check": summary["bootstrap_check"],
         "understood": summary["understood"], "timings": summary["timings"], "fdr": summary["fdr"],
+        "heldout_recovery": {c: {k: _finite(v) if isinstance(v, float) else v for k, v in rec.items()}
+                             for c, rec in summary["heldout_recovery"].items()},  # NaN (nothing tracks): None
     }
     res["passed"] = bool(res["attribution_rate"] >= 0.95 and (nameless is None or res["nameless_rank"] == 1)
                          and noise_ok)
