@@ -15,6 +15,7 @@ Prints both times, their ratio, the pages written and the peak RSS of this proce
 """
 
 import argparse
+import json
 import resource
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def main():
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--width", type=int, default=4096)
     ap.add_argument("--pages", type=int, default=24, help="shown features (the costly figures)")
+    ap.add_argument("--sae-tokens", type=int, default=4_000_000, help="SAE training tokens (most of 4,096 alive)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -47,10 +49,10 @@ def main():
     if not (work / "store" / "manifest.json").exists():
         extract(ExtractConfig(model=str((work / "ae").resolve()), dataset=str(data.resolve()), hooks=("enc0",),
                               seed=0), work / "store", force=True)
-    sae = work / f"sae{args.width}"
-    train_sae(work / "store", sae, SAETrainConfig(hook="enc0", width=args.width, k=16, training_tokens=600_000,
+    sae = work / f"sae{args.width}_{args.sae_tokens}"
+    train_sae(work / "store", sae, SAETrainConfig(hook="enc0", width=args.width, k=32, training_tokens=args.sae_tokens,
                                                   batch_size=1024, lr=2e-3, checkpoints=1))
-    scores = work / f"scores{args.width}"
+    scores = work / f"scores{args.width}_{args.sae_tokens}"
     if not (scores / "features.parquet").exists():
         t = time.time()
         score_sae(work / "store", sae, scores, ScoreConfig(n_null=256, scene_steps=100, bootstrap=0, causal_top=16,
@@ -63,8 +65,10 @@ def main():
     site = build_gallery(scores, work / "site", n_pages=args.pages, progress=True)
     full = time.time() - t
     pages = len(list(site.glob("feature_*.html")))
+    alive = json.loads((scores / "summary.json").read_text())["alive"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"gallery of a {args.width}-feature SAE: {pages} feature pages (every alive feature) in {full:.1f} s; "
+    print(f"gallery of a {args.width}-feature SAE ({alive} alive on the held-out tokens): {pages} feature pages in "
+          f"{full:.1f} s; "
           f"shown pages only ({args.pages}): {shown:.1f} s; ratio {full / shown:.2f}x; "
           f"{1000 * (full - shown) / max(pages - args.pages, 1):.1f} ms per extra page; peak RSS {peak:.2f} GiB")
 
