@@ -49,3 +49,20 @@ def test_an_sae_matches_itself_feature_for_feature(tiny_run, tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare.md").read_text().startswith("## Shared and model-specific features")
     assert main(["compare", str(tiny_run / "scores"), str(tiny_run / "render"), "--out", str(tmp_path / "x")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_two_unrelated_dictionaries_stay_at_the_null():
+    """Features of two unrelated dictionaries (independent per-image quantities, spatially smooth like real feature
+    maps): about the test's level of them are called shared, as the null promises, not more."""
+    rng = np.random.default_rng(3)
+    where = _grid(24, 8)
+
+    def smooth_features(n):  # (cells, n): per-image random fields, blurred over 3 x 3 neighbours
+        z = rng.random((n, 24, 10, 10))
+        z = sum(z[:, :, i:i + 8, j:j + 8] for i in range(3) for j in range(3)) / 9
+        return z.reshape(n, -1).T
+
+    m = match(where, smooth_features(40), where.copy(), smooth_features(40))
+    shared = int(np.sum(m["a"]["shared"]))
+    assert m["rotations"] == 19
+    assert shared <= 7, shared  # 40 tests at level 0.05: 2 expected, P(> 7) < 0.001
