@@ -105,19 +105,6 @@ class Run:
         w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
         return w @ w.T
 
-    @cached_property
-    def spliced_output(self) -> torch.Tensor:
-        """The probe's output with the SAE spliced in (the "before" of every ablation panel)."""
-        with torch.no_grad():
-            return self.probe.output(self.probe.splice())
-
-    @cached_property
-    def probe(self):
-        """A causal probe on the first held-out image (for the ablation panels)."""
-        from .probe import CausalProbe
-
-        return CausalProbe(self.model, self.sae, self.store, self.hook, n_images=1)
-
 
 def load_run(path: str | Path, which: str = "scores") -> Run:
     """A run folder (``runs/NAME`` with ``scores/``) or a scores folder itself."""
@@ -182,19 +169,14 @@ def concept_bars_figure(run: Run, feature: int, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def ablation_figure(run: Run, feature: int, path: Path, painter=None) -> Path | None:
+def ablation_figure(run: Run, feature: int, path: Path, painter) -> Path:
     """Model output with the SAE spliced in, with the feature ablated, and the change of the error against the
-    optimal output, on the image of the feature's strongest held-out example (image models: ``painter``, a
-    :class:`~frobnolab.analysis.paint.Painter` on that image; coordinate fields: the first held-out view)."""
+    optimal output, on the image of ``painter`` (a :class:`~frobnolab.analysis.paint.Painter`, on the feature's
+    strongest held-out example: :func:`example_painter`)."""
     plt = _mpl()
-    if painter is not None:
-        probe, image = painter.probe, painter.image
-        with torch.no_grad():
-            before, after = torch.from_numpy(painter.before)[None], probe.ablated_output(feature)
-    else:
-        probe, image = run.probe, int(run.probe.images[0])
-        with torch.no_grad():
-            before, after = run.spliced_output, probe.ablated_output(feature)
+    probe, image = painter.probe, painter.image
+    with torch.no_grad():
+        before, after = torch.from_numpy(painter.before)[None], probe.ablated_output(feature)
     x = probe.target[0].permute(1, 2, 0).numpy()
     b, a = before[0].permute(1, 2, 0).clamp(0, 1).numpy(), after[0].permute(1, 2, 0).clamp(0, 1).numpy()
     diff = ((a - x) ** 2).sum(-1) - ((b - x) ** 2).sum(-1)
@@ -324,7 +306,7 @@ def feature_figures(run: Run, feature: int, folder: Path, maps=None, quantiles: 
     out["histogram"] = histogram_figure(run, feature, folder / f"f{feature}_hist.png")
     out["concepts"] = concept_bars_figure(run, feature, folder / f"f{feature}_concepts.png")
     painter = example_painter(run, feature) if "crops" in figures else None  # image models: ablate and paint
-    if "ablation" in figures and ("crops" not in figures or painter is not None):
+    if "ablation" in figures and painter is not None:
         out["ablation"] = ablation_figure(run, feature, folder / f"f{feature}_ablation.png", painter)
     if "slice" in figures:
         out["slice"] = field_slice_figure(run, feature, folder / f"f{feature}_slice.png")

@@ -172,6 +172,27 @@ def _scores_summary(scores: str | Path):
     return scores, s, ActivationStore(s["store"])
 
 
+def _open(scores: str | Path, image: int, domain: str, refusal: str):
+    """Checks shared by both painters: a scores folder of a store of ``domain`` (else ``refusal``, the reason), an
+    image (a view) of its dataset; returns the scores folder, its summary, store and the features' largest held-out
+    activations ``(F,)``."""
+    from .score import read_table
+
+    scores, s, store = _scores_summary(scores)
+    if store.domain.name != domain:
+        raise ValueError(f"{scores}: {refusal} (this store's domain is {store.domain.name!r})")
+    n = len(store.dataset)
+    if not 0 <= int(image) < n:
+        raise ValueError(f"image {image}: the dataset {store.dataset.path} has "
+                         f"{'images' if domain == 'image' else 'views'} 0..{n - 1}")
+    return scores, s, store, np.asarray(read_table(scores / "features.parquet")["max_act"], float)
+
+
+def _reference(store, hook: str, n: int, device: str = "cpu") -> torch.Tensor:
+    """``n`` training activations of the hook: what an edited token's nearest-neighbour distance is measured to."""
+    return torch.as_tensor(store[hook].activations("train", max_tokens=n), device=device)
+
+
 def _check_edit(sae, features, op: str, value: float) -> list[int]:
     if op not in OPS:
         raise unknown("paint operation", op, OPS)
@@ -219,21 +240,15 @@ class Painter:
                  model=None):
         from .probe import CausalProbe
         from .sae import load_sae
-        from .score import read_table
 
-        scores, s, store = _scores_summary(scores)
-        if store.domain.name != "image":
-            raise ValueError(f"{scores}: Painter paints image models (this store's domain is {store.domain.name!r}; "
-                             f"FieldPainter paints fields, painter() picks)")
+        scores, s, store, self.fmax = _open(scores, image, "image", "Painter paints image models (FieldPainter "
+                                                                      "paints fields, painter() picks)")
         ds = store.dataset
-        if not 0 <= int(image) < len(ds):
-            raise ValueError(f"image {image}: the dataset {ds.path} has images 0..{len(ds) - 1}")
         self.scores, self.image, self.mask, self.store, self.hook = scores, int(image), mask, store, s["hook"]
         self.sae = sae if sae is not None else load_sae(s["sae"])  # a baseline's dictionary is given loaded
         self.m_px = pixel_mask(ds, int(image), mask)
         if not self.m_px.any():
             raise ValueError(f"mask {mask!r} is empty on image {image}")
-        self.fmax = np.asarray(read_table(scores / "features.parquet")["max_act"], float)  # (F,) held out
         self._ref_tokens = reference_tokens
         model = store.load_model() if model is None else model  # a gallery passes the one it has loaded
         self.probe = CausalProbe(model, self.sae, store, self.hook, images=[int(image)])
@@ -255,7 +270,7 @@ class Painter:
     @property
     def reference(self) -> torch.Tensor:
         if self._ref is None:
-            self._ref = torch.as_tensor(self.store[self.hook].activations("train", max_tokens=self._ref_tokens))
+            self._ref = _reference(self.store, self.hook, self._ref_tokens)
         return self._ref
 
     def edit(self, features, op: str = "add", value: float = 1.0) -> dict:
@@ -299,15 +314,9 @@ class FieldPainter:
 
         from .domain import EVEN_SAMPLES
         from .sae import load_sae
-        from .score import read_table
 
-        scores, s, store = _scores_summary(scores)
-        if store.domain.name != "field":
-            raise ValueError(f"{scores}: FieldPainter paints coordinate fields (this store's domain is "
-                             f"{store.domain.name!r})")
+        scores, s, store, self.fmax = _open(scores, image, "field", "FieldPainter paints coordinate fields")
         ds = store.dataset
-        if not 0 <= int(image) < len(ds):
-            raise ValueError(f"image {image}: the dataset {ds.path} has views 0..{len(ds) - 1}")
         H, W = ds.size
         if int(stride) != stride or not 1 <= stride <= min(H, W):
             raise ValueError(f"stride {stride!r}: a whole number from 1 to {min(H, W)}")
@@ -315,7 +324,6 @@ class FieldPainter:
         self.stride, self.device, self.samples_per_ray = int(stride), device, EVEN_SAMPLES
         self.region = region(mask, ds.scene(int(image)) if mask.startswith("instance=") else None)
         self.sae = sae if sae is not None else load_sae(s["sae"], device=device)
-        self.fmax = np.asarray(read_table(scores / "features.parquet")["max_act"], float)
         self._ref_tokens, self._ref = reference_tokens, None
         self.model = (store.load_model(device) if model is None else model).to(device).eval()
         self.path = store[self.hook].meta["path"]
@@ -373,8 +381,7 @@ class FieldPainter:
     @property
     def reference(self) -> torch.Tensor:
         if self._ref is None:
-            self._ref = torch.as_tensor(self.store[self.hook].activations("train", max_tokens=self._ref_tokens),
-                                        device=self.device)
+            self._ref = _reference(self.store, self.hook, self._ref_tokens, self.device)
         return self._ref
 
     def edit(self, features, op: str = "add", value: float = 1.0) -> dict:
