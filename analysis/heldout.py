@@ -39,8 +39,8 @@ from frobnolab.files import write_json
 from .planted import SINGLE_KINDS, planted_units, validate_scorer
 from .score import ScoreConfig
 
-DEV_SEEDS = (0, 1)
-"""Seeds the withheld sets were chosen on."""
+DEV_SEEDS = (0,)
+"""Seeds the withheld sets were chosen on (only seed 0 was run; seed 1 is in neither set)."""
 REPORT_SEEDS = (2, 3, 4)
 """Seeds reported on, never tuned on."""
 WITHHELD = {

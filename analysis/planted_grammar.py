@@ -73,8 +73,9 @@ from .variables import build_variables
 
 DEV_SEEDS = (0, 1, 2)
 """Seeds the grammar and its bars were developed on."""
-REPORT_SEEDS = (10, 11, 12, 13, 14)
-"""Seeds reported on, never tuned on."""
+REPORT_SEEDS = (20, 21, 22, 23, 24)
+"""Seeds reported on, never tuned on. (Seeds 10-14 were the report seeds until 2026-12-03; their figures were read
+while the pair search learned to read the scene MLPs, so they are development seeds now.)"""
 RULES = {  # rule -> (label, number of concepts, validate_scorer kind)
     "monotone": ("named", 1, "continuous"), "threshold": ("named", 1, "binary"), "sparse": ("named", 1, "continuous"),
     "periodic": ("named", 1, "continuous"), "product2": ("named", 2, "product"), "sum2": ("named", 2, "product"),

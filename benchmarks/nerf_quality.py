@@ -11,12 +11,14 @@ conditions; the evaluation is not part of the budget.
 """
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import torch
 
+from frobnolab.models.hashgrid import HashGridConfig
 from frobnolab.models.train import TrainFieldConfig, hash_field, train_field
 from frobnolab.models.voxel_grid import VoxelGridConfig
 from frobnolab.scenes.dataset import RenderConfig, render_dataset
@@ -25,6 +27,10 @@ MODELS = {
     "field": lambda: TrainFieldConfig(),
     "voxel": lambda: TrainFieldConfig(model=VoxelGridConfig()),
     "hash": lambda: TrainFieldConfig(model=hash_field()),
+    # variants of the hash field tried against the 31 dB target (issue 17)
+    "hash_l16": lambda: TrainFieldConfig(model=dataclasses.replace(
+        hash_field(), grid=HashGridConfig(levels=16, max_res=512))),
+    "hash_glr3": lambda: TrainFieldConfig(model=hash_field(), grid_lr=3e-2),
 }
 COLUMNS = ("psnr", "ssim", "depth_mae_fg", "mask_iou", "occupancy_iou", "sdf_sign_accuracy")
 

@@ -78,7 +78,7 @@ class Bootstrap:
             with warnings.catch_warnings():  # "mean of empty slice" where both folds are undefined
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mlp = np.nanmean(per_fold, 0)
-            scene = np.fmax(np.nan_to_num(mlp, nan=-1), scene)
+            scene = np.where(np.isfinite(mlp), mlp, scene)  # as the point estimate: the MLP's, the ridge's where none
         named = np.maximum(single, pair)
         if self.desc is not None:
             with warnings.catch_warnings():

@@ -15,8 +15,8 @@ singles by eta^2 and its best columns by |correlation|: :func:`candidate_atoms`)
 ``bins`` bins at its quantiles (:func:`~frobnolab.analysis.variables.bin_edges`: ties and heavy tails get bins of
 their own) and each feature's activation sums per bin and per joint bin of two candidates, per image fold, give
 every tree and every one- and two-factor product at once (vectorised over features; a product's factor is its
-transform's mean over the bin during the search). The third factor is sought greedily on the best pair, and the
-chosen product is then scored on the exact values. Every score is cross-validated like ``scene_r2``: the
+transform's mean over the bin during the search). The third factor is sought greedily on each of the three best
+two-factor products (a beam), and the chosen product is then scored on the exact values. Every score is cross-validated like ``scene_r2``: the
 structure's values (leaf means, the affine coefficients) fitted on one image fold and scored on the other, both
 ways, averaged; the structure is the one with the best such score, less 0.01 per unit of complexity (a factor, a
 tree's atom, its second split), so a simpler formula wins a tie. Nothing here is random, and a feature's formula
@@ -253,7 +253,7 @@ class Descriptions:
         return out
 
 
-def describe_features(sample, variables, single_r2, pair_best, corr, features=None, k: int = 5,
+def describe_features(sample, variables, single_r2, pair_best, corr, features=None, k: int = 7,
                       bins: int = 24, group: int = 128) -> Descriptions:
     """The best short formula of each feature, from a :class:`FoldSample` (both image folds), the variables, and
     from named matching the candidates' evidence: ``single_r2 (V, F)``, ``pair_best (F, 2)``, ``corr (F, G)``;
@@ -459,7 +459,8 @@ def _best_trees(one, two, pairs, ctx: _Ctx) -> list[dict]:
 
 def _best_products(one, two, pairs, H, ci, linear, ctx: _Ctx) -> list[dict]:
     """Every feature's best one- and two-factor product (binned factor values); ``linear (A_u,)``: which atoms are
-    not circular."""
+    not circular. Each record also keeps ``pairs``: the best two-factor product of every candidate pair, best
+    first (the third factor is sought on several of them)."""
     F, k = ci.shape
     best = np.full(F, -np.inf)
     rec = [None] * F
@@ -478,6 +479,7 @@ def _best_products(one, two, pairs, H, ci, linear, ctx: _Ctx) -> list[dict]:
             best1[j] = v[j]
             if v[j] > best[j]:
                 best[j], rec[j] = v[j], {"factors": [(c, int(t[j]))]}
+    pair_v, pair_t = np.full((F, len(pairs)), -np.inf), np.zeros((F, len(pairs)), np.int64)
     for p, (c1, c2) in enumerate(pairs):
         H1, H2 = H[ci[:, c1]], H[ci[:, c2]]  # (F, B, T)
         H1t, H1s, H2s = H1.swapaxes(1, 2)[None], (H1 ** 2).swapaxes(1, 2)[None], (H2 ** 2)[None]
@@ -488,45 +490,56 @@ def _best_products(one, two, pairs, H, ci, linear, ctx: _Ctx) -> list[dict]:
         r2[ci[:, c1] == ci[:, c2]] = -np.inf  # a product of two distinct atoms
         t = r2.argmax(1)
         v = r2[np.arange(F), t]
+        pair_v[:, p], pair_t[:, p] = v, t
         for j in np.flatnonzero(v > best):
             best[j], rec[j] = v[j], {"factors": [(c1, int(t[j] // T)), (c2, int(t[j] % T))]}
-    return [r if r is not None else {"factors": [(0, 0)]} for r in rec]
-
-
-def _third_factor(prod, ci, pairs, H, bk, fk, ctx: _Ctx, k: int) -> list[dict]:
-    """A third factor on each feature's best two-factor product, kept when it beats it by more than PENALTY."""
-    F = len(prod)
+    out = [r if r is not None else {"factors": [(0, 0)]} for r in rec]
     for j in range(F):
-        fac = prod[j]["factors"]
-        if len(fac) != 2 or not ctx.valid[:, j].any():
+        order = [p for p in np.argsort(-pair_v[j], kind="stable") if np.isfinite(pair_v[j, p])]
+        out[j]["pairs"] = [[(pairs[p][0], int(pair_t[j, p] // T)), (pairs[p][1], int(pair_t[j, p] % T))]
+                           for p in order]
+    return out
+
+
+def _third_factor(prod, ci, pairs, H, bk, fk, ctx: _Ctx, k: int, beam: int = 3) -> list[dict]:
+    """A third factor on each of a feature's ``beam`` best two-factor products: the best three-factor product
+    found (binned values) becomes ``third`` (its two base factors and the third), kept later only when it beats the
+    best product by more than PENALTY per extra factor. A beam, not the best pair alone: a conjunction of three cuts
+    is often best approximated by a pair that holds only one of its concepts (plus a near-alias), so the greedy
+    third factor on that pair cannot complete it (dev seeds 0-2 of the planted grammar)."""
+    F = len(prod)
+    B = H.shape[1]
+    for j in range(F):
+        if not ctx.valid[:, j].any():
             continue
-        base = []
-        for fo in (0, 1):
-            z = H[ci[j, fac[0][0]], bk[fo][ci[j, fac[0][0]]], fac[0][1]] * \
-                H[ci[j, fac[1][0]], bk[fo][ci[j, fac[1][0]]], fac[1][1]]
-            base.append((z, *_column(fk[fo], j)))
         sub = _Ctx(ctx.tot[:, :, j:j + 1], ctx.sst[:, j:j + 1], ctx.valid[:, j:j + 1])
+        cols = [_column(fk[fo], j) for fo in (0, 1)]
         best_v, best_f = -np.inf, None
-        for c in range(k):
-            if c in (fac[0][0], fac[1][0]) or ci[j, c] in (ci[j, fac[0][0]], ci[j, fac[1][0]]):
-                continue
-            a = ci[j, c]
-            B = H.shape[1]
-            s = np.zeros((3, 2, B))
-            for fo, (z, idx, val) in enumerate(base):
-                b = bk[fo][a]
-                s[0, fo] = np.bincount(b, z, B)
-                s[1, fo] = np.bincount(b, z * z, B)
-                s[2, fo] = np.bincount(b[idx], z[idx] * val, B)
-            z1 = (s[0] @ H[a])[:, None]  # (2, 1, T)
-            z2 = (s[1] @ H[a] ** 2)[:, None]
-            y1 = (s[2] @ H[a])[:, None]
-            r2 = sub.affine_r2(z1, z2, y1)[0]
-            t = int(r2.argmax())
-            if r2[t] > best_v:
-                best_v, best_f = r2[t], (c, t)
+        for fac in prod[j].get("pairs", [])[:beam]:
+            base = []
+            for fo in (0, 1):
+                z = H[ci[j, fac[0][0]], bk[fo][ci[j, fac[0][0]]], fac[0][1]] * \
+                    H[ci[j, fac[1][0]], bk[fo][ci[j, fac[1][0]]], fac[1][1]]
+                base.append((z, *cols[fo]))
+            for c in range(k):
+                if c in (fac[0][0], fac[1][0]) or ci[j, c] in (ci[j, fac[0][0]], ci[j, fac[1][0]]):
+                    continue
+                a = ci[j, c]
+                s = np.zeros((3, 2, B))
+                for fo, (z, idx, val) in enumerate(base):
+                    b = bk[fo][a]
+                    s[0, fo] = np.bincount(b, z, B)
+                    s[1, fo] = np.bincount(b, z * z, B)
+                    s[2, fo] = np.bincount(b[idx], z[idx] * val, B)
+                z1 = (s[0] @ H[a])[:, None]  # (2, 1, T)
+                z2 = (s[1] @ H[a] ** 2)[:, None]
+                y1 = (s[2] @ H[a])[:, None]
+                r2 = sub.affine_r2(z1, z2, y1)[0]
+                t = int(r2.argmax())
+                if r2[t] > best_v:
+                    best_v, best_f = r2[t], list(fac) + [(c, t)]
         if best_f is not None:
-            prod[j] = {"factors": fac, "third": (best_f, best_v)}
+            prod[j]["third"] = (best_f, best_v)
     return prod
 
 
@@ -566,9 +579,10 @@ def _exact_product(rec, tf, ci_j, gk, bk, fk, j, valid) -> dict:
     factors = list(rec["factors"])
     r2, coef, per_fold = score(factors)
     if "third" in rec:
-        r3, c3, p3 = score(factors + [rec["third"][0]])
-        if r3 - PENALTY > r2:
-            factors, r2, coef, per_fold = factors + [rec["third"][0]], r3, c3, p3
+        f3 = list(rec["third"][0])
+        r3, c3, p3 = score(f3)
+        if r3 - PENALTY * (3 - len(factors)) > r2:
+            factors, r2, coef, per_fold = f3, r3, c3, p3
     return {"factors": factors, "r2": r2, "coef": coef, "coef_fold": per_fold}
 
 

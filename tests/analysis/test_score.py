@@ -298,7 +298,9 @@ def test_stability_of_an_sae_with_itself_is_one_and_with_another_seed_is_lower(t
 
 def test_scene_r2_of_a_feature_does_not_depend_on_the_features_beside_it():
     """Per-feature scene MLPs: a three-way product of scene columns is learned, noise is not, and a feature's
-    cross-validated R^2 is the same whether it is fitted alone or beside others."""
+    cross-validated R^2 is the same whether it is fitted alone or beside others, up to float rounding (the GEMM's
+    blocking depends on how many features share it; 400 steps at learning rate 0.04 grow its 1e-7 to 2e-4, at 0.02
+    to 3e-6), far below any difference a verdict reads."""
     import scipy.sparse as sp
 
     from frobnolab.analysis.scoring.scene import FoldSample, scene_r2_mlp
@@ -318,7 +320,7 @@ def test_scene_r2_of_a_feature_does_not_depend_on_the_features_beside_it():
 
     both, alone = r2_of([0, 1, 2]), r2_of([0])
     assert both[0] > 0.5 and both[1] > 0.9 and both[2] < 0.05, both  # noise: no better than its mean
-    assert abs(both[0] - alone[0]) < 1e-4, (both[0], alone[0])
+    assert abs(both[0] - alone[0]) < 1e-3, (both[0], alone[0])
 
 
 def test_a_vector_concept_has_a_colour_map_in_the_report(tiny_dataset):
