@@ -31,6 +31,9 @@ MODELS = {
     "hash_l16": lambda: TrainFieldConfig(model=dataclasses.replace(
         hash_field(), grid=HashGridConfig(levels=16, max_res=512))),
     "hash_glr3": lambda: TrainFieldConfig(model=hash_field(), grid_lr=3e-2),
+    "hash_l6": lambda: TrainFieldConfig(model=dataclasses.replace(
+        hash_field(), grid=HashGridConfig(levels=6, max_res=128))),
+    "hash_layers2": lambda: TrainFieldConfig(model=dataclasses.replace(hash_field(), layers=2)),
 }
 COLUMNS = ("psnr", "ssim", "depth_mae_fg", "mask_iou", "occupancy_iou", "sdf_sign_accuracy")
 
