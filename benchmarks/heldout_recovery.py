@@ -3,7 +3,7 @@ planted unit of the withheld concept, whether it surfaces as a frobnoloid candid
 candidate is a true finding (precision), over the report seeds (developed on the dev seeds).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_recovery.py --work /tmp/heldout
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_recovery.py --seeds 0,1   # the dev seeds
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_recovery.py --seeds 0     # the dev seed
 
 Each seed renders its own ``clutter`` 160 (render seed = the seed) under --work; each (seed, set) scoring run writes
 ``seed{S}/{SET}/validation.json``; all of it lands in ``--work/heldout.json``. Prints one line per run and the
