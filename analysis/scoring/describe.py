@@ -16,9 +16,9 @@ singles by eta^2 and its best columns by |correlation|: :func:`candidate_atoms`)
 their own) and each feature's activation sums per bin and per joint bin of two candidates, per image fold, give
 every tree and every one- and two-factor product at once (vectorised over features; a product's factor is its
 transform's mean over the bin during the search). The third factor is sought greedily on each of the three best
-two-factor products (a beam), and the chosen product is then scored on the exact values. Every score is cross-validated like ``scene_r2``: the
-structure's values (leaf means, the affine coefficients) fitted on one image fold and scored on the other, both
-ways, averaged; the structure is the one with the best such score, less 0.01 per unit of complexity (a factor, a
+two-factor products (a beam), and the chosen product is then scored on the exact values. Every score is
+cross-validated like ``scene_r2``: the structure's values (leaf means, the affine coefficients) fitted on one image
+fold and scored on the other, both ways, averaged; the structure is the one with the best such score, less 0.01 per unit of complexity (a factor, a
 tree's atom, its second split), so a simpler formula wins a tie. Nothing here is random, and a feature's formula
 depends only on its own activations (never on which other features are described beside it). Angles are written
 in degrees in (-180, 180].
@@ -39,6 +39,8 @@ N_THR = 8
 T = N_CONT + 2 * N_THR
 PENALTY = 0.01
 """R^2 given up per unit of complexity, so that a simpler formula wins a tie."""
+BEAM = 3
+"""Two-factor products per feature on which a third factor is sought."""
 
 
 def _polar(cs: np.ndarray):
@@ -459,8 +461,8 @@ def _best_trees(one, two, pairs, ctx: _Ctx) -> list[dict]:
 
 def _best_products(one, two, pairs, H, ci, linear, ctx: _Ctx) -> list[dict]:
     """Every feature's best one- and two-factor product (binned factor values); ``linear (A_u,)``: which atoms are
-    not circular. Each record also keeps ``pairs``: the best two-factor product of every candidate pair, best
-    first (the third factor is sought on several of them)."""
+    not circular. Each record also keeps ``pairs``: the :data:`BEAM` best two-factor products over the candidate
+    pairs (each pair's best), best first, on which the third factor is sought."""
     F, k = ci.shape
     best = np.full(F, -np.inf)
     rec = [None] * F
@@ -495,14 +497,14 @@ def _best_products(one, two, pairs, H, ci, linear, ctx: _Ctx) -> list[dict]:
             best[j], rec[j] = v[j], {"factors": [(c1, int(t[j] // T)), (c2, int(t[j] % T))]}
     out = [r if r is not None else {"factors": [(0, 0)]} for r in rec]
     for j in range(F):
-        order = [p for p in np.argsort(-pair_v[j], kind="stable") if np.isfinite(pair_v[j, p])]
+        order = [p for p in np.argsort(-pair_v[j], kind="stable")[:BEAM] if np.isfinite(pair_v[j, p])]
         out[j]["pairs"] = [[(pairs[p][0], int(pair_t[j, p] // T)), (pairs[p][1], int(pair_t[j, p] % T))]
                            for p in order]
     return out
 
 
-def _third_factor(prod, ci, pairs, H, bk, fk, ctx: _Ctx, k: int, beam: int = 3) -> list[dict]:
-    """A third factor on each of a feature's ``beam`` best two-factor products: the best three-factor product
+def _third_factor(prod, ci, pairs, H, bk, fk, ctx: _Ctx, k: int) -> list[dict]:
+    """A third factor on each of a feature's :data:`BEAM` best two-factor products: the best three-factor product
     found (binned values) becomes ``third`` (its two base factors and the third), kept later only when it beats the
     best product by more than PENALTY per extra factor. A beam, not the best pair alone: a conjunction of three cuts
     is often best approximated by a pair that holds only one of its concepts (plus a near-alias), so the greedy
@@ -515,7 +517,7 @@ def _third_factor(prod, ci, pairs, H, bk, fk, ctx: _Ctx, k: int, beam: int = 3) 
         sub = _Ctx(ctx.tot[:, :, j:j + 1], ctx.sst[:, j:j + 1], ctx.valid[:, j:j + 1])
         cols = [_column(fk[fo], j) for fo in (0, 1)]
         best_v, best_f = -np.inf, None
-        for fac in prod[j].get("pairs", [])[:beam]:
+        for fac in prod[j].get("pairs", []):
             base = []
             for fo in (0, 1):
                 z = H[ci[j, fac[0][0]], bk[fo][ci[j, fac[0][0]]], fac[0][1]] * \

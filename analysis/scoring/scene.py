@@ -12,7 +12,7 @@ multi-output MLP's did: a three-way conjunction scored 0.36 beside three units a
 trained on a subsample of each fold's tokens (``max_tokens``); their out-of-fold predictions are kept for bootstrap
 intervals. Cost: F small MLPs (hidden 32) for ``steps`` steps per fold. ReLU, not GELU: the same recovery of
 planted three-way parities on the dev seeds at 2/3 of the step time (exact GELU and its backward were 28% of a
-step); Adam's fused kernel another ~10%.
+step). Adam's fused kernel: no measurable change beside ReLU (33.5 against 33.6 ms a step, 1,152 features).
 """
 
 from __future__ import annotations
