@@ -77,6 +77,9 @@ class ScoreConfig:
     """A feature's p-value uses the nulls whose firing rate is within this factor of its own ..."""
     null_min_matched: int = 100
     """... or at least this many nulls nearest in firing rate."""
+    null_tail: bool = True
+    """Past the 10th-largest matched null, p from a fitted generalised Pareto tail (``nulls.tail_p``: conservative,
+    at most a decade below the empirical 1/(1+n)); False: empirical p-values only."""
     candidate_q: float = 0.1
     """A frobnoloid candidate's gap must have a Benjamini-Hochberg q-value at most this."""
     ridge_dim: int = 384
@@ -226,9 +229,15 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
     for name, stat, bank_key in (("gap", fr.gap, "gap"), ("named", named_best, "named_best"),
                                  ("scene", scene_r2, "scene_r2")):
         p, n_matched = N.matched_p_values(stat[real_f], rate[real_f], bank[bank_key], bank["rate"],
-                                          cfg.null_window, cfg.null_min_matched)
+                                          cfg.null_window, cfg.null_min_matched, tail=cfg.null_tail)
         p[~alive] = np.nan
         tests[name] = (p, N.benjamini_hochberg(p), n_matched)
+    p_empirical = N.matched_p_values(fr.gap[real_f], rate[real_f], bank["gap"], bank["rate"], cfg.null_window,
+                                     cfg.null_min_matched)[0]
+    p_empirical[~alive] = np.nan
+    # the same test applied to each null against the others: how often a null reaches p <= 0.01 (about 0.01)
+    calibration = N.null_calibration(bank["gap"], bank["rate"], cfg.null_window, cfg.null_min_matched,
+                                     cfg.null_tail)
     q_value = tests["gap"][1]
     candidate = np.zeros(F, bool)
     candidate[real_f] = candidates(Frobnoloid(*(x[real_f] for x in (fr.frob, fr.gap, fr.importance, fr.real))),
@@ -258,7 +267,8 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         "beats_null_gap": fr.gap[real_f] > nulls["gap"],
         "beats_null_causal": (effect[real_f] > nulls["causal"]) if has_null else np.zeros(n_features, bool),
         "frob_hi": np.full(n_features, np.nan), "candidate": candidate[real_f],
-        "p_gap": tests["gap"][0], "q_value": q_value, "q_named": tests["named"][1], "q_scene": tests["scene"][1],
+        "p_gap": tests["gap"][0], "p_gap_empirical": p_empirical, "q_value": q_value,
+        "q_named": tests["named"][1], "q_scene": tests["scene"][1],
         "null_matched": tests["gap"][2],
         "beats_null_named": named_best[real_f] > nulls["named_r2"],
         "beats_null_scene": scene_r2[real_f] > nulls["scene_r2"],
@@ -300,6 +310,9 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         else null_bank.get("from", "given"), "ridge_lambda": ridge_lam, "config": asdict(cfg),
         "fdr": {"q_level": cfg.candidate_q, "candidate_gap": cfg.candidate_gap, "tested": int(alive.sum()),
                 "null_matched_median": float(np.median(tests["gap"][2][alive])) if alive.any() else 0.0,
+                "tail": bool(cfg.null_tail), "null_calibration_gap": calibration,
+                "discoveries_gap_empirical": int(np.sum(np.nan_to_num(N.benjamini_hochberg(p_empirical), nan=1)
+                                                        <= cfg.candidate_q)),
                 **{f"discoveries_{k}": int(np.sum(np.nan_to_num(v[1], nan=1) <= cfg.candidate_q))
                    for k, v in tests.items()}},
         "seconds": round(time.time() - t0, 2), "timings": timings,
