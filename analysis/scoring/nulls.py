@@ -59,7 +59,11 @@ def percentiles(nulls: dict, causal_null) -> dict:
             "gap": q95(nulls["gap"]), "auroc": q95(nulls["auroc"])}
 
 
-def tail_p(stat: float, null_n: np.ndarray, min_exceed: int = 10, floor: float = 0.1):
+MIN_EXCEED = 10
+"""Fewer matched nulls than this reaching a statistic: its p-value from the fitted tail (:func:`tail_p`)."""
+
+
+def tail_p(stat: float, null_n: np.ndarray, min_exceed: int = MIN_EXCEED, floor: float = 0.1):
     """The p-value of ``stat`` against the null sample ``null_n``, with a fitted tail where the sample is too small.
 
     Where at least ``min_exceed`` nulls reach the statistic, the empirical ``(1 + M) / (1 + n)``. Beyond that, the
@@ -71,7 +75,8 @@ def tail_p(stat: float, null_n: np.ndarray, min_exceed: int = 10, floor: float =
     maximum likelihood biases the shape that way in small samples, and p came out 2.6x too small at a true 1e-3)
     is replaced by the exponential tail (shape 0), whose p is larger; and p is never below ``floor / (1 + n)``, so
     the tail reaches at most one decade past the sample's resolution.
-    Returns ``(p, how)``, ``how`` 0 empirical, 1 fitted tail.
+    Fewer than 100 nulls: empirical (too few to fit a tail). Returns ``(p, how)``, ``how`` 0 empirical, 1 fitted
+    tail.
     """
     from scipy import stats
 
@@ -108,8 +113,9 @@ def matched_p_values(stat_F, rate_F, null_stat_R, null_rate_R, window: float = 2
     nearest in log rate where the window holds fewer. ``p = (1 + #{null >= stat}) / (1 + n)``: never 0, and exact
     for a feature exchangeable with its nulls. NaN where the statistic is NaN or no null is finite.
 
-    ``tail``: where fewer than 10 matched nulls reach a statistic, :func:`tail_p`'s fitted tail instead (a few
-    hundred matched nulls put the empirical p at >= ~1/266, which over hundreds of tests no q-value can pass).
+    ``tail``: where fewer than :data:`MIN_EXCEED` matched nulls reach a statistic, :func:`tail_p`'s fitted tail
+    instead (a few hundred matched nulls put the empirical p at >= ~1/266, which over hundreds of tests no q-value
+    can pass).
     ``exclude_self``: the statistics ARE the nulls (same order); each is tested against the others (the
     leave-one-out calibration of :func:`null_calibration`).
     """
@@ -129,7 +135,7 @@ def matched_p_values(stat_F, rate_F, null_stat_R, null_rate_R, window: float = 2
     m = (sel & (ns[None] >= stat[:, None])).sum(1)
     p = (1 + m) / (1 + n)
     if tail:
-        for f in np.flatnonzero(np.isfinite(stat) & (m < 10)):
+        for f in np.flatnonzero(np.isfinite(stat) & (m < MIN_EXCEED)):
             p[f] = tail_p(stat[f], ns[sel[f]])[0]
     return np.where(np.isfinite(stat), p, np.nan), n
 
