@@ -18,6 +18,7 @@ units=vocabulary_units)``. :func:`function_units` plants a three-way XOR and per
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from frobnolab.models.hooks import HookPoint
 from frobnolab.files import write_json
 
 from .score import ScoreConfig, score_features
+from .scoring.engine import folds
 from .store import ActivationStore, ExtractConfig, extract
 from .tokens import ArrayTokens
 
@@ -234,14 +236,18 @@ def validate_scorer(dataset: str | Path, out: str | Path, *, stride: int = 2, cf
     gt = np.asarray(tok.gt, np.float64)
     where = np.asarray(tok.where)
     rng = np.random.default_rng(seed)
-    units, spec = units(gt, columns, rng)
+    held = tok.held_out(where[:, 0])
+    # unit sets that check their draws against the scoring folds (the grammar) are given each token's fold
+    fold_N = np.full(len(where), -1)
+    fold_N[held] = folds(tok.images("test"))[where[held, 0]]
+    split = {"split": (where[:, 0], fold_N)} if "split" in inspect.signature(units).parameters else {}
+    units, spec = units(gt, columns, rng, **split)
     bounds = np.concatenate([[0], np.cumsum(tok.meta["chunk_tokens"])])
     split = lambda a: [a[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]  # noqa: E731
     P = units.shape[1]
     acts = units if width == 1 else np.pad(units, ((0, 0), (0, (width - 1) * P)))
     tokens = ArrayTokens("planted", split(acts), split(gt.astype(np.float32)), split(where), columns,
                          tok.holdout_every)
-    held = tok.held_out(where[:, 0])
     probe = PlantedProbe(units[held], np.array([s["weight"] for s in spec]), where[held, 0], gt[held])
     cfg = cfg or ScoreConfig(n_null=32, bootstrap=20, seed=seed)
     scores = score_features(tokens, lambda a: a[:, :P], P, cfg, probe=probe, progress=progress,

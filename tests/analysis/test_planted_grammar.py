@@ -146,6 +146,13 @@ def test_attribution_and_tally_read_the_rows():
                candidate=False, scene_r2=0.9, gap=0.0, q_value=None, beats_causal_null=True)
     assert attributed(row) and not attributed({**row, "pair": "a+c"})
     assert attributed({**row, "pair": "a+c", "description": "rank(a) * rank(b)"})
+    # a single's best name may be a formula of it alone (the scorer's named_best), never one reading another concept
+    single = dict(label="named", rule="monotone", concepts=["depth"], named="shading", named_r2=0.4, pair_r2=0.5,
+                  description="if depth > 0.78: (0.8 if depth > 0.88 else 0.4) else 0", description_r2=0.9)
+    assert attributed(single) and attributed({**single, "named": "depth", "description_r2": 0.1})
+    assert not attributed({**single, "description": "if depth > 0.78: rank(shading) else 0"})
+    assert not attributed({**single, "description": "if material=background < 0.5: depth else 0"})
+    assert not attributed({**single, "description_r2": 0.45})
     nameless = {**row, "label": "nameless", "rule": "xor3", "concepts": ["a", "b", "c"]}
     t = tally([row, {**row, "candidate": True}, {**nameless, "candidate": True}, nameless,
                {**row, "label": "noise", "rule": "noise", "concepts": []}])
@@ -198,3 +205,16 @@ def test_the_cli_benchmark_prints_every_rule_and_exits_0(tiny, tmp_path, monkeyp
     assert rc == 0 and (tmp_path / "cli" / "benchmark.json").exists()
     assert {line.split()[0] for line in lines[:-1]} == set(grammar.RULES), lines
     assert lines[-1].startswith("seeds 6: named attribution") and "the bar" in lines[-1], lines[-1]
+
+
+def test_a_unit_on_one_held_out_image_of_a_fold_is_not_testable():
+    from frobnolab.analysis.planted_grammar import testable
+
+    image = np.repeat(np.arange(12), 10)  # 12 images of 10 tokens: 0-3 training, 4-11 held out
+    fold = np.where(image < 4, -1, image % 2)
+    spread = (np.arange(120) % 10 == 0).astype(float)  # fires on every image
+    assert testable(spread, image, fold)
+    one = spread * (image == 5)  # one held-out image of fold 1
+    assert not testable(one, image, fold) and not testable(spread * (image < 4), image, fold)
+    assert testable(spread * (image != 5), image, fold) and not testable(spread * (image != 5), image, fold, 4)
+    assert testable(spread, image, fold, 5)  # folds of 4 images: every one of them is enough
