@@ -52,7 +52,8 @@ nameless units over all candidates) and noise flagged (noise candidates: must be
 why each missed nameless unit was missed (which legs of the candidate rule it fails). The planted model is
 ``validate_scorer``'s (output = the weighted sum of the units), on a layer :data:`WIDTH` channels per unit wide,
 scored with :data:`N_NULL` random-direction nulls. The issue's bar (:func:`meets_bar`): attribution >= 95%, nameless
-recall >= 0.9, precision >= 0.8, noise never flagged, over seeds not developed on (:data:`REPORT_SEEDS`). The
+recall >= 0.9, precision >= 0.8, noise never flagged, over seeds not developed on (:data:`REPORT_SEEDS`), on a
+render of :data:`IMAGES` images. The
 figures, by rule: benchmarks/README.md.
 """
 
@@ -76,9 +77,15 @@ from .variables import VECTORS, build_variables
 
 DEV_SEEDS = (0, 1, 2)
 """Seeds the grammar and its bars were developed on."""
-REPORT_SEEDS = (20, 21, 22, 23, 24)
-"""Seeds reported on, never tuned on. (Seeds 10-14 were the report seeds until 2026-12-03; their figures were read
-while the pair search learned to read the scene MLPs, so they are development seeds now.)"""
+REPORT_SEEDS = (40, 41, 42, 43, 44)
+"""Seeds reported on, never tuned on. (Seeds 10-14, then 20-24 and 30-34, were the report seeds until 2026-12-03;
+their figures were read while the scorer and the benchmark changed, so they are development seeds now.)"""
+IMAGES = 480
+"""Images of the benchmark's ``clutter`` render (64 px, stride-2 tokens): 60 held out, about 30k tokens per scoring
+fold, as the main job's 64 held-out images. On 160 images (10 held-out images per fold) the scene MLPs memorised
+three-way parities through other columns: on dev seeds 0-2, the three xor3 units missed had in-fold R^2 0.92-0.98
+and out-of-fold 0.08-0.48, and 0.68-0.86 when given only their three columns; weight decay, input noise, dropout,
+a wider or a longer-trained net did not close it. On 480 images the dev seeds' nameless units were all found."""
 RULES = {  # rule -> (label, number of concepts, validate_scorer kind)
     "monotone": ("named", 1, "continuous"), "threshold": ("named", 1, "binary"), "sparse": ("named", 1, "continuous"),
     "periodic": ("named", 1, "continuous"), "product2": ("named", 2, "product"), "sum2": ("named", 2, "product"),

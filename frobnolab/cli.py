@@ -248,7 +248,10 @@ def _cmd_validate_scorer(args) -> int:
     from frobnolab.analysis.planted import validate_scorer
     from frobnolab.scenes.dataset import RenderConfig, render_dataset
 
-    data = args.dataset or render_dataset(RenderConfig("clutter", n=args.n, size=64, seed=args.seed),
+    from frobnolab.analysis.planted_grammar import IMAGES
+
+    n = args.n or (IMAGES if args.benchmark else 160)
+    data = args.dataset or render_dataset(RenderConfig("clutter", n=n, size=64, seed=args.seed),
                                           Path(args.out) / "render", progress=not args.quiet)
     if args.benchmark:
         return _benchmark_lines(data, args)
@@ -743,7 +746,8 @@ def _validate_scorer_options(t):
 
     t.add_argument("--out", required=True, help="folder for the tokens and validation.json")
     t.add_argument("--dataset", help="dataset folder to plant units on (default: render clutter)")
-    t.add_argument("--n", type=int, default=160, help="images to render when no dataset is given")
+    t.add_argument("--n", type=int, help="images to render when no dataset is given (default: 160; "
+                                         "with --benchmark, planted_grammar.IMAGES)")
     t.add_argument("--seed", type=int, default=default(validate_scorer, "seed"),
                    help="seed of the render and the units")
     t.add_argument("--benchmark", action="store_true",

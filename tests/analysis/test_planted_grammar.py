@@ -1,6 +1,6 @@
 """Issue 15: the planted grammar (analysis/planted_grammar.py): deterministic draws, honest labels, each unit the
 function its spec says, and a small benchmark run that writes benchmark.json. On a tiny clutter render (24 images
-at 32 px); the figures themselves are measured on clutter160 (benchmarks/README.md), not asserted here."""
+at 32 px); the figures themselves are measured on clutter480 (benchmarks/README.md), not asserted here."""
 
 import json
 
@@ -190,7 +190,7 @@ def test_the_cli_takes_benchmark_and_seeds():
 
 
 def test_the_cli_benchmark_prints_every_rule_and_exits_0(tiny, tmp_path, monkeypatch, capsys):
-    """``frobnolab validate-scorer --benchmark`` (with the tiny config: the default one is for clutter160)."""
+    """``frobnolab validate-scorer --benchmark`` (with the tiny config: the default one is for clutter480)."""
     import frobnolab.analysis.planted_grammar as grammar
     from frobnolab.analysis.score import ScoreConfig
     from frobnolab.cli import main
