@@ -85,13 +85,10 @@ class ScoreConfig:
     ridge_dim: int = 384
     """Random Fourier features of the scene-explained kernel regression."""
     scene_steps: int = 2000
-    """Training steps of the per-feature scene MLPs (per fold; 2,000 learn planted three-way parities that 1,000
-    at 0.02 miss: dev seeds 0-2 of the grammar, R^2 >= 0.62 for 6 of 9 against 2)."""
-    scene_lr: float = 0.005
-    """Peak learning rate of the scene MLPs (one-cycle schedule). At 0.04 (until 2026-12-04) a net's result hung on
-    its random start: on TAESD's main-job features two initial seeds gave held-out R^2 apart by > 0.1 for 58 of 253
-    features (up to 0.91), and a lower mean (0.25 against 0.345 at 0.005, where 3 of 253 differ by > 0.1, at most
-    0.28; benchmarks/scene_mlp_stability.py). The planted grammar's dev seeds are recovered alike at both."""
+    """Training steps of the per-feature scene MLPs (per fold; 2,000 at learning rate 0.04 learn planted three-way
+    parities that 1,000 at 0.02 miss: dev seeds 0-2 of the grammar, R^2 >= 0.62 for 6 of 9 against 2)."""
+    scene_lr: float = 0.04
+    """Peak learning rate of the scene MLPs (one-cycle schedule)."""
     scene_hidden: int = 32
     """Hidden width of each feature's scene MLP."""
     scene_batch: int = 128

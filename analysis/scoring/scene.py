@@ -108,7 +108,7 @@ class PerFeatureMLP(nn.Module):
 
 
 def _fit(gx: np.ndarray, fy: sp.csr_matrix, steps: int, hidden: int, seed: int, device: str,
-         fit: np.ndarray | None = None, group: int = 128, batch: int = 256, lr: float = 5e-3):
+         fit: np.ndarray | None = None, group: int = 128, batch: int = 256, lr: float = 4e-2):
     """Per-feature MLPs of the scene (:class:`PerFeatureMLP`) fitted on one fold, for the features ``fit`` (bool
     ``(F,)``; None: all; the others predict NaN). Features in groups of ``group``: the groups bound memory, and at
     128 a step's working set stays in cache (the time per feature and step at 512 was 1.2-1.5x that at 128)."""
@@ -182,7 +182,7 @@ def r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarr
 
 
 def scene_r2_mlp(sample: FoldSample, steps: int = 2000, hidden: int = 32, seed: int = 0, device: str = "cpu",
-                 fit: np.ndarray | None = None, batch: int = 256, lr: float = 5e-3):
+                 fit: np.ndarray | None = None, batch: int = 256, lr: float = 4e-2):
     """Cross-validated R^2 ``(F,)`` and the predictors {evaluated fold b: predict fitted on the other fold}; each
     predictor's ``held_out`` is its prediction of fold b's sample (the bootstrap reuses it)."""
     if min(sample.n.values()) < 10:
@@ -219,7 +219,7 @@ class SceneExplained:
         self.sample.add(c.f, c.gt, c.fold, c.where[:, 0])
 
     def finish(self, steps: int, seed: int, device: str, fit: np.ndarray | None = None, hidden: int = 32,
-               batch: int = 256, lr: float = 5e-3):
+               batch: int = 256, lr: float = 4e-2):
         """(scene_r2, ridge_r2, chosen ridge penalty, MLP predictors) of every feature; the MLPs only for ``fit``
         (bool ``(F,)``, None: all). ``scene_r2`` is the MLP's where it was fitted, the ridge's elsewhere."""
         ridge_r2, lam = self.ridge.r2_cv()
