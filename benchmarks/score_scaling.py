@@ -8,6 +8,11 @@ output is up to date).
     .venv/bin/python benchmarks/score_scaling.py --taesd ../shared/weights/taesd --work /tmp/scorebench
     .venv/bin/python benchmarks/score_scaling.py --taesd ../shared/weights/taesd --case 4096x1000000 --case 4096x250000
 
+A 10M-token store (611 held-out 128x128 images):
+
+    .venv/bin/python benchmarks/score_scaling.py --taesd ../shared/weights/taesd --work /tmp/scorebench10m \
+        --images 1222 --size 128 --holdout-every 2 --widths 4096 --case 4096x10000000
+
 ``--case WIDTHxTOKENS`` (repeatable) scores only those cases; ``--setup-only`` builds the inputs and stops. Each
 case writes ``scores_WIDTH_TOKENS[_TAG]`` under --work and prints its total, stage timings and peak RSS (of this
 process, so run one case per process for a clean memory figure).
@@ -31,6 +36,8 @@ def main():
     ap.add_argument("--taesd", required=True)
     ap.add_argument("--work", default="/tmp/scorebench")
     ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=64, help="image side in pixels (enc1 has size^2 tokens an image)")
+    ap.add_argument("--holdout-every", type=int, default=8, help="every this many images, the last is held out")
     ap.add_argument("--hook", default="enc1")
     ap.add_argument("--tokens", default="125000,250000,500000,1000000")
     ap.add_argument("--widths", default="1024,2048,4096")
@@ -40,7 +47,8 @@ def main():
     args = ap.parse_args()
     w = Path(args.work)
     t = time.time()
-    data = render_dataset(RenderConfig("shapes", n=args.images, size=64, seed=0), w / "render", progress=False)
+    data = render_dataset(RenderConfig("shapes", n=args.images, size=args.size, seed=0,
+                                             holdout_every=args.holdout_every), w / "render", progress=False)
     model = f"taesd:{Path(args.taesd).resolve()}"
     test = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="test"), w / "test",
                    progress=False)
