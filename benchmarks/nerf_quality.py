@@ -35,7 +35,6 @@ MODELS = {
         hash_field(), grid=HashGridConfig(levels=6, max_res=128))),
     "hash_layers2": lambda: TrainFieldConfig(model=dataclasses.replace(hash_field(), layers=2)),
     "hash_t17": lambda: TrainFieldConfig(model=dataclasses.replace(hash_field(), grid=HashGridConfig(log2_table=17))),
-    "hash_t16": lambda: TrainFieldConfig(model=dataclasses.replace(hash_field(), grid=HashGridConfig(log2_table=16))),
     "hash_lr1": lambda: TrainFieldConfig(model=hash_field(), lr=1e-2),
     "hash_rays1024": lambda: TrainFieldConfig(model=hash_field(), rays_per_batch=1024),
 }

@@ -48,7 +48,7 @@ def main():
     w = Path(args.work)
     t = time.time()
     data = render_dataset(RenderConfig("shapes", n=args.images, size=args.size, seed=0,
-                                             holdout_every=args.holdout_every), w / "render", progress=False)
+                                       holdout_every=args.holdout_every), w / "render", progress=False)
     model = f"taesd:{Path(args.taesd).resolve()}"
     test = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="test"), w / "test",
                    progress=False)
