@@ -88,6 +88,8 @@ class QuickstartConfig:
 
 QUICKSTART_PRESETS = {
     "quickstart": QuickstartConfig(),
+    # the default study at twice the side (4x the tokens a hook), for a CUDA machine: `--preset gpu --device cuda`
+    "gpu": QuickstartConfig(size=256),
     "tiny": QuickstartConfig(images=16, size=32,
                              ae=TrainAEConfig(model=ConvAEConfig(channels=(8, 16), latent_channels=4), steps=30,
                                               batch_size=8),
@@ -137,7 +139,8 @@ def _random_model_null(out: Path, data: Path, cfg: QuickstartConfig, progress: b
         model = str((out / "null-ae").resolve())
     store, sae_dir, null_scores = (out / f"{prefix}null-{k}" for k in ("store", "sae", "scores"))
     extract(ExtractConfig(model=model, dataset=str(data.resolve()), hooks=(hook,), seed=cfg.seed,
-                          tokens_per_image=tokens_per_image), store, force=True, progress=progress)
+                          tokens_per_image=tokens_per_image, device=cfg.ae.device), store, force=True,
+            progress=progress)
     train_sae(store, sae_dir, sae, progress=progress)
     # only its features' scores are used (their 95th percentiles), not its own false-discovery tests: 32 nulls
     _score(store, sae_dir, null_scores, replace(cfg.score, n_null=32), progress)
@@ -207,7 +210,7 @@ def _counterfactual(out: Path, cfg: QuickstartConfig, workers: int, progress: bo
     data = render_sweeps(cfg.family, cfg.counterfactual_bases, seed=cfg.seed, size=cfg.size, out_root=root / "data",
                          workers=workers, progress=progress, command="frobnolab quickstart")
     made = [extract(ExtractConfig(model=model, dataset=str(d.resolve()), hooks=(hook,),
-                                  tokens_per_image=cfg.counterfactual_tokens, seed=cfg.seed),
+                                  tokens_per_image=cfg.counterfactual_tokens, seed=cfg.seed, device=cfg.ae.device),
                     root / stores / slug(f), force=True, progress=progress) for f, d in data.items()]
     done = out / scores / "responses.json"
     if done.exists():  # up to date when measured from the same SAE and the same tokens (by content)
@@ -289,11 +292,24 @@ def check_taesd(taesd: str | Path) -> Path:
     return path
 
 
+def on_device(cfg: QuickstartConfig, device: str) -> QuickstartConfig:
+    """``cfg`` with every stage's torch device set to ``device`` (training, extraction, SAEs, scoring)."""
+    return replace(cfg, ae=replace(cfg.ae, device=device), sae=replace(cfg.sae, device=device),
+                   taesd_sae=replace(cfg.taesd_sae, device=device), score=replace(cfg.score, device=device))
+
+
 def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = None, workers: int = 0,
-                   progress: bool = True, log=print) -> dict:
+                   progress: bool = True, log=print, device: str = "cpu") -> dict:
     """Run every stage into ``out``; returns {stage: seconds} of this call. ``out/stages.json`` keeps, for every
     stage, the seconds of the run that made its output (``seconds``), which stages this call found up to date
-    (``skipped``) and this call's own times (``this_run``)."""
+    (``skipped``) and this call's own times (``this_run``). ``device`` ("cpu", "cuda", "cuda:1") runs every torch
+    stage there; rendering picks its own OpenGL platform (``scenes/gl.py``)."""
+    if device != "cpu":
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"run_quickstart: device {device!r} requested but CUDA is not available")
+        cfg = on_device(cfg, device)
     if taesd:
         check_taesd(taesd)
     out = Path(out)
@@ -321,7 +337,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
         progress=progress, command="frobnolab quickstart"))
     stage("train-ae", lambda: train_autoencoder(data, out / "ae", cfg.ae, progress=progress))
     stage("extract", lambda: extract(ExtractConfig(model=str((out / "ae").resolve()), dataset=str(data.resolve()),
-                                                   hooks=(cfg.hook,), seed=cfg.seed), out / "store", force=True,
+                                                   hooks=(cfg.hook,), seed=cfg.seed, device=device), out / "store",
+                                     force=True,
                                      progress=progress))
     stage("train-sae", lambda: train_sae(out / "store", out / "sae", cfg.sae, progress=progress))
     stage("score", lambda: _score(out / "store", out / "sae", out / "scores", cfg.score, progress))
@@ -336,8 +353,8 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
     if taesd:
         stage("extract-taesd", lambda: extract(ExtractConfig(
             model=f"taesd:{Path(taesd).resolve()}", dataset=str(data.resolve()), hooks=(cfg.taesd_hook,),
-            tokens_per_image=cfg.taesd_tokens_per_image, seed=cfg.seed), out / "taesd-store", force=True,
-            progress=progress))
+            tokens_per_image=cfg.taesd_tokens_per_image, seed=cfg.seed, device=device), out / "taesd-store",
+            force=True, progress=progress))
         stage("train-sae-taesd", lambda: train_sae(out / "taesd-store", out / "taesd-sae", cfg.taesd_sae,
                                                    progress=progress))
         stage("score-taesd", lambda: _score(out / "taesd-store", out / "taesd-sae", out / "taesd-scores", cfg.score,
@@ -358,5 +375,6 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path, taesd: str | None = N
     if taesd:
         stage("compare", lambda: _compare(out))
     write_json(out / "stages.json", {"seconds": {k: made[k] for k in times}, "skipped": skipped, "this_run": times,
-                                     "config": asdict(cfg), "taesd": str(taesd) if taesd else None})
+                                     "config": asdict(cfg), "taesd": str(taesd) if taesd else None,
+                                     "device": device})
     return times

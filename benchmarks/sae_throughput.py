@@ -27,9 +27,9 @@ def in_memory_batches(x: torch.Tensor, batch: int, seed: int):
 
 def plain_topk(x: torch.Tensor, width: int, k: int, batch: int, tokens: int, lr: float) -> float:
     d = x.shape[1]
-    W_enc = torch.nn.Parameter(torch.randn(d, width) / d**0.5)
+    W_enc = torch.nn.Parameter(torch.randn(d, width, device=x.device) / d**0.5)
     W_dec = torch.nn.Parameter(W_enc.data.T.clone())
-    b_enc, b_dec = torch.nn.Parameter(torch.zeros(width)), torch.nn.Parameter(x.mean(0).clone())
+    b_enc, b_dec = torch.nn.Parameter(torch.zeros(width, device=x.device)), torch.nn.Parameter(x.mean(0).clone())
     opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=lr)
     it = in_memory_batches(x, batch, 0)
     t = time.perf_counter()
@@ -42,7 +42,13 @@ def plain_topk(x: torch.Tensor, width: int, k: int, batch: int, tokens: int, lr:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    _sync(x.device)
     return time.perf_counter() - t
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main():
@@ -54,11 +60,12 @@ def main():
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3, help="passes of each side, interleaved; the best counts")
+    ap.add_argument("--device", default="cpu", help="both sides train there; sae-lens's tensor is held there")
     args = ap.parse_args()
     cfg = SAETrainConfig(hook=args.hook, width=args.width, k=args.k, training_tokens=args.tokens,
-                         batch_size=args.batch, checkpoints=0, normalize="none")
+                         batch_size=args.batch, checkpoints=0, normalize="none", device=args.device)
     tok = ActivationStore(args.store)[args.hook]
-    x = torch.from_numpy(tok.activations("train")).contiguous()
+    x = torch.from_numpy(tok.activations("train")).contiguous().to(args.device)
 
     import sae_lens.training.sae_trainer as tm
     from functools import partial
@@ -69,6 +76,7 @@ def main():
     def run_ours(d: str) -> float:
         t = time.perf_counter()
         train_sae(args.store, f"{d}/a", cfg, progress=False, evaluate=False)
+        _sync(args.device)
         return time.perf_counter() - t
 
     def run_theirs(d: str) -> float:
@@ -76,6 +84,7 @@ def main():
         trainer = make_trainer(cfg, sae, in_memory_batches(x, args.batch, 0), Path(d) / "ck")
         t = time.perf_counter()
         trainer.fit()
+        _sync(args.device)
         return time.perf_counter() - t
 
     # best of --repeats passes, the order alternating (the first pass of a process pays allocator warm-up)
@@ -89,7 +98,8 @@ def main():
     res = {"store_tokens": len(tok), "d_in": tok.d_in, "width": args.width, "k": args.k, "tokens": args.tokens,
            "frobnolab_train_sae_tok_s": round(args.tokens / ours), "sae_lens_in_memory_tok_s": round(args.tokens / theirs),
            "plain_torch_topk_tok_s": round(args.tokens / plain), "ratio_vs_sae_lens": round(theirs / ours, 3),
-           "threads": torch.get_num_threads(), "repeats": args.repeats}
+           "threads": torch.get_num_threads(), "repeats": args.repeats, "device": args.device,
+           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
     print(json.dumps(res))
 
 

@@ -44,23 +44,26 @@ def main():
     ap.add_argument("--case", action="append", default=[], help="WIDTHxTOKENS: score only this case (repeatable)")
     ap.add_argument("--setup-only", action="store_true", help="build the inputs, score nothing")
     ap.add_argument("--tag", default="", help="suffix of the output folders (scores_WIDTH_TOKENS_TAG)")
+    ap.add_argument("--device", default="cpu", help="torch device of extraction, SAE training and scoring")
     args = ap.parse_args()
     w = Path(args.work)
     t = time.time()
     data = render_dataset(RenderConfig("shapes", n=args.images, size=args.size, seed=0,
                                        holdout_every=args.holdout_every), w / "render", progress=False)
     model = f"taesd:{Path(args.taesd).resolve()}"
-    test = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="test"), w / "test",
+    test = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="test",
+                                 device=args.device), w / "test",
                    progress=False)
     train = extract(ExtractConfig(model=model, dataset=str(data), hooks=(args.hook,), split="train",
-                                  tokens_per_image=128), w / "train", progress=False)
+                                  tokens_per_image=128, device=args.device), w / "train", progress=False)
     widths = sorted(set(map(int, args.widths.split(","))) | {int(c.split("x")[0]) for c in args.case})
     saes = {}
     for width in widths:
         saes[width] = w / f"sae{width}"
         if not (saes[width] / "training.json").exists():
             train_sae(train, saes[width], SAETrainConfig(hook=args.hook, width=width, k=32, training_tokens=200_000,
-                                                        checkpoints=0), progress=False, evaluate=False)
+                                                        checkpoints=0, device=args.device), progress=False,
+                      evaluate=False)
     print(f"setup {time.time() - t:.0f} s", flush=True)
     if args.setup_only:
         return
@@ -69,11 +72,12 @@ def main():
     def timed(width: int, n: int):
         t = time.time()
         out = w / (f"scores_{width}_{n}" + (f"_{args.tag}" if args.tag else ""))
-        s = score_sae(test, saes[width], out, ScoreConfig(max_tokens=n), hook=args.hook, progress=False,
-                      log=lambda *_: None)
+        s = score_sae(test, saes[width], out, ScoreConfig(max_tokens=n, device=args.device), hook=args.hook,
+                      progress=False, log=lambda *_: None)
         rows.append({"features": width, "tokens": s["tokens"], "seconds": round(time.time() - t, 1),
                      "stages": s["timings"],
-                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+                     "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                     "device": args.device})
         print(json.dumps(rows[-1]), flush=True)
 
     if args.case:

@@ -397,7 +397,7 @@ def _cmd_quickstart(args) -> int:
         print(f"TAESD: {taesd}" if taesd else hint)
     run = Path(args.out)
     times = run_quickstart(QUICKSTART_PRESETS[args.preset], run, taesd=taesd, workers=args.workers,
-                           progress=not args.quiet)
+                           progress=not args.quiet, device=args.device)
     print(f"\nrun folder: {run}   ({sum(times.values()):.0f} s in all)")
     print(f"  images and ground truth: {run / 'render' / 'preview.png'}")
     print(f"  autoencoder:             {run / 'ae' / 'training.json'}")
@@ -843,7 +843,7 @@ def _quickstart_options(q):
 
     q.add_argument("--preset", default="quickstart",
                    help=f"size of the run, one of: {', '.join(QUICKSTART_PRESETS)} (tiny: seconds, for tests; "
-                        "quickstart: minutes)")
+                        "quickstart: minutes; gpu: 256 px, for --device cuda)")
     q.add_argument("--out", default="runs/quickstart", help="run folder; each stage writes a subfolder")
     q.add_argument("--workers", type=int, default=default(run_quickstart, "workers"),
                    help="render processes; 0 = one per core")
@@ -851,6 +851,8 @@ def _quickstart_options(q):
                                    "folder); default: the first found of $FROBNOLAB_TAESD_DIR, the Hugging Face "
                                    "cache (madebyollin/taesd), ../shared/weights/taesd beside the repository")
     q.add_argument("--no-taesd", action="store_true", help="study the small autoencoder alone")
+    q.add_argument("--device", default=default(run_quickstart, "device"),
+                   help="torch device of every training, extraction and scoring stage (cpu, cuda, cuda:1)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(run=_cmd_quickstart)
 
