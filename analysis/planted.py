@@ -209,7 +209,14 @@ class PlantedProbe:
 
     def splice_losses(self, f_NF: np.ndarray) -> np.ndarray:
         """Per-image losses with the units set to ``f_NF``: the output is sum_u w_u f_u, the optimal one the clean."""
-        return self._per_image(((np.asarray(f_NF, np.float64) - self.u) @ self.w) ** 2)
+        return self.reconstruction_losses([self.reconstruct(f_NF)])
+
+    def reconstruct(self, f_nF) -> np.ndarray:
+        """The planted layer is its units: a block of consecutive tokens' values, as float64."""
+        return np.asarray(f_nF, np.float64)
+
+    def reconstruction_losses(self, parts: list) -> np.ndarray:
+        return self._per_image(((np.concatenate(parts) - self.u) @ self.w) ** 2)
 
 
 def _finite(x) -> float | None:

@@ -48,6 +48,9 @@ class Probe(Protocol):
     def concept_masks(self) -> dict[str, np.ndarray]:
         """Binary per-pixel concept masks ``(n_images, P)`` for :func:`landing`."""
 
+    # the understood share (scoring/understood.py) also calls, where the probe has them: token_ground_truth(),
+    # token_images(), reconstruct(f_nF) and reconstruction_losses(parts)
+
 
 def to_csr(f: torch.Tensor) -> sp.csr_matrix:
     """A dense feature tensor as a scipy CSR matrix (through torch's CSR, much faster than scipy's on wide maps)."""
@@ -160,8 +163,21 @@ class CausalProbe:
     def splice_losses(self, f_NF: np.ndarray) -> np.ndarray:
         """Per-image losses ``(n_images,)`` with the SAE spliced in and its features set to ``f_NF (tokens, F)``
         (decoded by the SAE) in place of the encoded ones."""
-        f = torch.as_tensor(np.asarray(f_NF, np.float32), device=self.device)
-        rec = torch.cat([self.sae.decode(f[s:s + 8192]) for s in range(0, len(f), 8192)])
+        return self.reconstruction_losses([self.reconstruct(f_NF)])
+
+    @torch.no_grad()
+    def reconstruct(self, f_nF) -> torch.Tensor:
+        """The SAE's decoding ``(n, d_in)`` of features ``f_nF (n, F)`` of consecutive tokens: features set block by
+        block need only their reconstructions kept, ``d_in`` wide, never the ``(tokens, F)`` matrix (blocks of
+        8,192 tokens decode exactly as the whole matrix does)."""
+        f = torch.as_tensor(np.asarray(f_nF, np.float32), device=self.device)
+        return torch.cat([self.sae.decode(f[s:s + 8192]) for s in range(0, len(f), 8192)])
+
+    @torch.no_grad()
+    def reconstruction_losses(self, parts: list) -> np.ndarray:
+        """Per-image losses ``(n_images,)`` with the SAE's reconstruction replaced by ``parts``
+        (:meth:`reconstruct`'s blocks, in the codes' order, covering every token)."""
+        rec = torch.cat(parts) if len(parts) > 1 else parts[0]
         return self.pixel_error(self.output(self.splice(rec=rec))).mean(1).cpu().numpy()
 
     def contribution(self, j: int) -> torch.Tensor:

@@ -166,6 +166,7 @@ def score_features(tokens, encode, n_features: int, cfg: ScoreConfig, *, probe=N
         src.set_nulls(U, tau)
     F = n_features + R
     scale = np.concatenate([max_s, np.maximum(proj - tau, 0).max(0)])
+    del proj  # (sample, nulls) float64: 200 MB at 1,024 nulls, needed for nothing else
     present = {v.name: np.bincount(v.bins(g_s), minlength=v.n_bins) > 0 for v in variables
                if v.kind == "categorical"}
     targets = [(v, t) for v in variables if v.named for t in v.targets(present.get(v.name))]

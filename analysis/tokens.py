@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from frobnolab.errors import unknown
-from frobnolab.scenes.dataset import ChunkedArray, is_held_out
+from frobnolab.scenes.dataset import ChunkedArray, OpenMaps, is_held_out
 
 SPLITS = ("train", "test", "all")
 
@@ -145,7 +145,7 @@ class HookTokens(Tokens):
         widths = {"acts": meta["d_in"], "where": len(m["where_columns"]), "gt": len(self.columns), "points": 6}
         self._widths = widths
         self._paths = {p: [d / f"{name}.{p}.npy" for d in dirs] for p in widths}
-        self._maps: dict = {}
+        self._maps = OpenMaps(keep=8)  # a chunk's acts, where and gt (and points), and the chunk before
         arr = lambda p, dt: ChunkedArray(self._paths[p], self._counts, dt, (widths[p],))  # noqa: E731
         self.acts, self.where, self.gt = arr("acts", "float32"), arr("where", "int32"), arr("gt", "float32")
         self.points = arr("points", "float32") if m["kind"] == "field" else None
@@ -155,17 +155,16 @@ class HookTokens(Tokens):
         return len(self._counts)
 
     def _read(self, k: int, part: str, rows=None) -> np.ndarray:
-        if (k, part) not in self._maps:
-            path = self._paths[part][k]
-            if part == "points" and self.points is None:
-                return np.zeros((0, 6), np.float32)
-            a = np.load(path, mmap_mode="r")
-            want = (self._counts[k], self._widths[part])
+        if part == "points" and self.points is None:
+            return np.zeros((0, 6), np.float32)
+        path, want = self._paths[part][k], (self._counts[k], self._widths[part])
+
+        def check(a):
             if a.shape != want:
                 raise ValueError(f"{path}: shape {a.shape}, but the store's manifest says {want} "
                                  f"(a chunk from another extraction?)")
-            self._maps[(k, part)] = a
-        a = self._maps[(k, part)]
+
+        a = self._maps.get((k, part), path, check)
         return np.asarray(a if rows is None else a[rows])
 
     def __len__(self):

@@ -37,6 +37,9 @@ MODELS = {
     "hash_t17": lambda: TrainFieldConfig(model=dataclasses.replace(hash_field(), grid=HashGridConfig(log2_table=17))),
     "hash_lr1": lambda: TrainFieldConfig(model=hash_field(), lr=1e-2),
     "hash_rays1024": lambda: TrainFieldConfig(model=hash_field(), rays_per_batch=1024),
+    "hash_pts2048": lambda: TrainFieldConfig(model=hash_field(), points_per_batch=2048),
+    "hash_lr3": lambda: TrainFieldConfig(model=hash_field(), lr=3e-3),
+    "hash_glr5": lambda: TrainFieldConfig(model=hash_field(), grid_lr=5e-3),
 }
 COLUMNS = ("psnr", "ssim", "depth_mae_fg", "mask_iou", "occupancy_iou", "sdf_sign_accuracy")
 

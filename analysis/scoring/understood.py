@@ -31,6 +31,12 @@ from __future__ import annotations
 import numpy as np
 
 
+BLOCK = 8192
+"""Tokens predicted at a time: a block's ``(BLOCK, F)`` predictions are decoded and dropped, so the stage holds
+reconstructions ``(tokens, d_in)``, never a ``(tokens, F)`` matrix (4.3 GB each at 262,144 probe tokens and 4,096
+features; three of them set the scorer's peak before)."""
+
+
 def _cross_fitted(predict, g: np.ndarray, fold: np.ndarray, n_features: int) -> np.ndarray:
     """``predict(g_part, fit) -> (n, F)`` applied to each image fold's tokens with the other fold's values."""
     out = np.zeros((len(g), n_features), np.float32)
@@ -41,11 +47,20 @@ def _cross_fitted(predict, g: np.ndarray, fold: np.ndarray, n_features: int) -> 
     return out
 
 
+def _blocks(predict, g: np.ndarray, fold: np.ndarray, n_features: int):
+    """The cross-fitted predictions ``(n, F)`` float32 torch tensors, :data:`BLOCK` consecutive tokens at a time."""
+    import torch
+
+    for s in range(0, len(g), BLOCK):
+        yield torch.from_numpy(_cross_fitted(predict, g[s:s + BLOCK], fold[s:s + BLOCK], n_features))
+
+
 def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.ndarray, live: np.ndarray,
                      rng: np.random.Generator, n_shuffle: int = 20) -> dict:
     """The shares of the module docstring. ``predictors``: {name: predict(g (n, G), fit fold) -> (n, F)}, with
     "descriptions" among them (the null shuffles it); ``fold_of``: image -> fold; ``mean_act (F,)``; ``live (F,)``
-    bool: the features the null permutes."""
+    bool: the features the null permutes. Predictions are made, clipped and decoded a block of tokens at a time
+    (``probe.reconstruct``), so memory does not grow with features times tokens."""
     import torch
 
     g = probe.token_ground_truth() if hasattr(probe, "token_ground_truth") else None
@@ -59,31 +74,44 @@ def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.
     losses = {"clean": float(np.mean(base["clean"])), "sae": float(np.mean(base["sae"])),
               "zero": float(np.mean(base["zero"]))}
 
-    def splice(f: torch.Tensor) -> float:  # (tokens, F) float32, clipped at 0 in place
-        return float(np.mean(probe.splice_losses(f.clamp_(min=0).numpy())))
+    def splice(blocks) -> float:  # blocks of (n, F) float32, clipped at 0 in place, decoded one by one
+        return float(np.mean(probe.reconstruction_losses([probe.reconstruct(f.clamp_(min=0).numpy())
+                                                          for f in blocks])))
 
-    losses["mean"] = splice(torch.from_numpy(np.asarray(mean_act, np.float32)).expand(len(g), F).clone())
+    mean_F = torch.from_numpy(np.asarray(mean_act, np.float32))
+    losses["mean"] = splice(mean_F.expand(min(BLOCK, len(g) - s), F).clone() for s in range(0, len(g), BLOCK))
     names = list(predictors)
-    desc = None
-    for name in names:  # one (tokens x F) prediction in memory at a time, besides the descriptions'
-        f = torch.from_numpy(_cross_fitted(predictors[name], g, fold, F))
-        if name == "descriptions":
-            desc = f.clone()
-        losses[name] = splice(f)
-        del f
+    for name in names:
+        losses[name] = splice(_blocks(predictors[name], g, fold, F))
     idx = np.flatnonzero(live)
     null_losses = []
-    if desc is not None and len(idx) > 1:
-        mu, sd = desc.mean(0), desc.std(0, unbiased=False)
+    if "descriptions" in predictors and len(idx) > 1:
+        # the descriptions' mean and spread over every token first (float64 sums over the blocks), then one more
+        # pass that deals each block's descriptions to the wrong features for every shuffle at once
+        s1, s2 = torch.zeros(F, dtype=torch.float64), torch.zeros(F, dtype=torch.float64)
+        for d in _blocks(predictors["descriptions"], g, fold, F):
+            s1 += d.sum(0, dtype=torch.float64)
+            s2 += (d.double() ** 2).sum(0)
+        mu = (s1 / len(g)).float()
+        sd = (s2 / len(g) - (s1 / len(g)) ** 2).clamp_(min=0).sqrt_().float()
+        shuffles = []
         for _ in range(n_shuffle):
-            # feature j gets the description of perm(j), rescaled to the mean and spread of its own: one gather
-            # and one multiply-add over the whole (tokens x F) matrix
+            # feature j gets the description of perm(j), rescaled to the mean and spread of its own
             perm = np.arange(F)
             perm[idx] = idx[rng.permutation(len(idx))]
             p = torch.from_numpy(perm)
             a = torch.where(sd[p] > 0, sd / torch.where(sd[p] > 0, sd[p], 1), torch.zeros_like(sd))
-            b = mu - mu[p] * a
-            null_losses.append(splice(desc.index_select(1, p).mul_(a).add_(b)))
+            shuffles.append((p, a, mu - mu[p] * a))
+        # as many shuffles a pass as keep their reconstructions within about 1 GB (all 20 at once for TAESD's
+        # 64 channels on 262,144 probe tokens)
+        per_token = probe.reconstruct(np.zeros((1, F), np.float32)).nbytes
+        group = max(1, int(1e9 // max(1, per_token * len(g))))
+        for lo in range(0, len(shuffles), group):
+            parts = [[] for _ in shuffles[lo:lo + group]]
+            for d in _blocks(predictors["descriptions"], g, fold, F):
+                for (p, a, b), out in zip(shuffles[lo:lo + group], parts):
+                    out.append(probe.reconstruct(d.index_select(1, p).mul_(a).add_(b).clamp_(min=0).numpy()))
+            null_losses += [float(np.mean(probe.reconstruction_losses(out))) for out in parts]
 
     def share(loss, lo):
         gap = losses[lo] - losses["sae"]

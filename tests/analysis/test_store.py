@@ -132,3 +132,16 @@ def test_categorical_pooling_fractions_and_purity():
     con = C.Concept("t", "categorical", pixel=lambda b: b, classes=("a", "b", "c"))
     out = C.pool(codes, con, 2)
     np.testing.assert_allclose(out, [[0.75, 0, 0.25, 0.75], [0, 1, 0, 1]])
+
+
+def test_a_pass_over_a_store_keeps_a_few_chunks_mapped_and_still_checks_their_shapes(tiny_dataset, tmp_path):
+    cfg = S.ExtractConfig(model="random-taesd:3", dataset=str(tiny_dataset), hooks=("enc2",), batch_size=1)
+    tok = S.ActivationStore(S.extract(cfg, tmp_path / "st", progress=False))["enc2"]
+    assert tok.n_chunks > 8
+    n = sum(len(c.acts) for c in tok.chunks("all", size=64))
+    assert n == len(tok) and len(tok._maps) <= 8  # the maps of every chunk read would grow with the store
+    first = tok._paths["acts"][0]
+    np.save(first, np.zeros((1, tok.d_in), np.float32))
+    tok._maps = type(tok._maps)(keep=8)  # closed, so the next read opens the changed file
+    with pytest.raises(ValueError, match="manifest says"):
+        tok.activations("all")

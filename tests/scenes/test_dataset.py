@@ -206,3 +206,23 @@ def test_rays_are_the_scene_cameras_rays(ds_path):
 def test_single_scene(ds_path, tiny_single):
     assert not Dataset(ds_path).single_scene() and "object_count" in Dataset(ds_path).varying_factors()
     assert Dataset(tiny_single).single_scene() and Dataset(tiny_single).varying_factors() == []
+
+
+def test_open_maps_keep_a_few_files_mapped_and_check_each_on_opening(tmp_path):
+    paths = []
+    for k in range(6):
+        paths.append(tmp_path / f"{k}.npy")
+        np.save(paths[-1], np.full((3, 2), k, np.float32))
+    opened = []
+    maps = D.OpenMaps(keep=2)
+    for k in (0, 1, 0, 2, 3):  # 0 is used again before 2 and 3 arrive, so 1 is the one closed first
+        assert maps.get(k, paths[k], check=lambda a, k=k: opened.append(k))[0, 0] == k
+    assert len(maps) == 2 and opened == [0, 1, 2, 3]
+    maps.get(0, paths[0], check=lambda a: opened.append("again"))
+    assert opened[-1] == "again"  # closed by then, so opened (and checked) anew
+    with pytest.raises(ValueError, match="wrong"):
+        maps.get(5, paths[5], check=lambda a: (_ for _ in ()).throw(ValueError("wrong")))
+    assert len(maps) == 2  # a refused file is not kept
+    arr = D.ChunkedArray(paths, [3] * 6, "float32", (2,))
+    assert np.asarray(arr)[:, 0].tolist() == [k for k in range(6) for _ in range(3)]
+    assert len(arr._maps) <= arr._maps.keep  # a whole pass over the shards leaves a few mapped, not six
