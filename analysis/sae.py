@@ -250,7 +250,8 @@ def train_sae(store_path: str | Path, out: str | Path, cfg: SAETrainConfig, *, p
     if evaluate:
         from .sae_eval import evaluate_sae
 
-        record["evaluation"] = evaluate_sae(load_sae(out), store, cfg.hook, model=model, device=cfg.device)
+        record["evaluation"] = evaluate_sae(load_sae(out, device=cfg.device), store, cfg.hook, model=model,
+                                            device=cfg.device)
     write_json(out / "training.json", record)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     plan.unlink(missing_ok=True)

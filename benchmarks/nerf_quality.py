@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from frobnolab.models.evaluate import evaluate_field
 from frobnolab.models.hashgrid import HashGridConfig
+from frobnolab.models.io import load_model
 from frobnolab.models.train import TrainFieldConfig, hash_field, train_field
 from frobnolab.models.voxel_grid import VoxelGridConfig
-from frobnolab.scenes.dataset import RenderConfig, render_dataset
+from frobnolab.scenes.dataset import Dataset, RenderConfig, render_dataset
 
 MODELS = {
     "field": lambda: TrainFieldConfig(),
@@ -50,6 +52,9 @@ def main():
     ap.add_argument("--models", default="field,voxel", help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--views", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-quadrature", default="",
+                    help="EVEN,IMPORTANCE: also evaluate every model with this many samples per ray (default "
+                         "evaluation: 64,64), after its training, outside the budget")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names or set(names) - set(MODELS):
@@ -70,6 +75,14 @@ def main():
         print(json.dumps({"model": name, "steps": rec["steps"], "seconds": rec["seconds"], "views": args.views,
                           "threads": torch.get_num_threads(), "config": rec["train_config"],
                           **{k: ev[k] for k in COLUMNS}}), flush=True)
+        if args.eval_quadrature:  # the same trained field, rendered with a finer quadrature
+            n_s, n_i = map(int, args.eval_quadrature.split(","))
+            fine = evaluate_field(load_model(tmp / name), Dataset(data), n_samples=n_s, n_importance=n_i)
+            print(f"| {name} (evaluated at {n_s} + {n_i} samples a ray) | {rec['steps']:,} | | "
+                  f"{fine['psnr']:.2f} dB | {fine['ssim']:.3f} | {fine['depth_mae_fg']:.4f} | {fine['mask_iou']:.3f} | "
+                  f"{fine['occupancy_iou']:.3f} | {fine['sdf_sign_accuracy']:.3f} |", flush=True)
+            print(json.dumps({"model": name, "eval_quadrature": [n_s, n_i], **{k: fine[k] for k in COLUMNS}}),
+                  flush=True)
 
 
 if __name__ == "__main__":

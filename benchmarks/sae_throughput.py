@@ -96,7 +96,8 @@ def main():
     ours, theirs = min(ours), min(theirs)
     plain = plain_topk(x, args.width, args.k, args.batch, args.tokens, cfg.lr)
     res = {"store_tokens": len(tok), "d_in": tok.d_in, "width": args.width, "k": args.k, "tokens": args.tokens,
-           "frobnolab_train_sae_tok_s": round(args.tokens / ours), "sae_lens_in_memory_tok_s": round(args.tokens / theirs),
+           "frobnolab_train_sae_tok_s": round(args.tokens / ours),
+           "sae_lens_in_memory_tok_s": round(args.tokens / theirs),
            "plain_torch_topk_tok_s": round(args.tokens / plain), "ratio_vs_sae_lens": round(theirs / ours, 3),
            "threads": torch.get_num_threads(), "repeats": args.repeats, "device": args.device,
            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}

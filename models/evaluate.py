@@ -59,12 +59,14 @@ def render_views(model, ds: Dataset, idx: np.ndarray, device: str = "cpu", n_sam
 
 @torch.no_grad()
 def evaluate_field(model, ds: Dataset, split: str = "test", device: str = "cpu", n_points: int = 20000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, n_samples: int = 64, n_importance: int = 64) -> dict:
+    """Held-out views rendered with ``n_samples`` even and ``n_importance`` importance samples per ray (more of
+    either: less quadrature error, the same field) against the exact renders and the exact 3D scene."""
     from frobnolab.scenes.queries import SceneQuery
 
     model = model.to(device).eval()
     idx = ds.split(split)
-    rgb, depth, acc = render_views(model, ds, idx, device)
+    rgb, depth, acc = render_views(model, ds, idx, device, n_samples=n_samples, n_importance=n_importance)
     gt = np.asarray(ds["rgb"][idx])
     fg = np.asarray(ds["instance"][idx]) > 0
     dist = np.asarray(ds["distance"][idx])

@@ -25,10 +25,17 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 @pytest.fixture(scope="module")
 def stores(tiny_dataset, tmp_path_factory):
-    """The same extraction of a random TAESD, on the CPU and on CUDA."""
+    """The same extraction of a random TAESD, on the CPU and on CUDA (full float32 there: cuDNN's convolutions
+    default to TF32, whose 10-bit mantissa alone would differ by more than the comparison allows)."""
     root = tmp_path_factory.mktemp("cuda_stores")
     cfg = dict(model="random-taesd:3", dataset=str(tiny_dataset), hooks=("enc2",), batch_size=4)
-    return {dev: extract(ExtractConfig(**cfg, device=dev), root / dev, progress=False) for dev in ("cpu", "cuda")}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return {dev: extract(ExtractConfig(**cfg, device=dev), root / dev, progress=False)
+                for dev in ("cpu", "cuda")}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @cuda

@@ -102,7 +102,7 @@ def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.
             p = torch.from_numpy(perm)
             a = torch.where(sd[p] > 0, sd / torch.where(sd[p] > 0, sd[p], 1), torch.zeros_like(sd))
             shuffles.append((p, a, mu - mu[p] * a))
-        # as many shuffles a pass as keep their reconstructions within about 1 GB (all 20 at once for TAESD's
+        # as many shuffles a pass as keep their reconstructions within about 1 GB (14 of the 20 for TAESD's
         # 64 channels on 262,144 probe tokens)
         per_token = probe.reconstruct(np.zeros((1, F), np.float32)).nbytes
         group = max(1, int(1e9 // max(1, per_token * len(g))))
