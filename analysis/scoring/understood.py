@@ -80,18 +80,24 @@ def understood_share(probe, predictors: dict, fold_of: np.ndarray, mean_act: np.
 
     mean_F = torch.from_numpy(np.asarray(mean_act, np.float32))
     losses["mean"] = splice(mean_F.expand(min(BLOCK, len(g) - s), F).clone() for s in range(0, len(g), BLOCK))
+    # the descriptions' mean and spread over every token (float64 sums, taken from each block before it is
+    # clipped), for the null below: gathered while their own share is measured, not in a pass of their own
+    s1, s2 = torch.zeros(F, dtype=torch.float64), torch.zeros(F, dtype=torch.float64)
+
+    def summed(blocks):
+        for d in blocks:
+            s1.add_(d.sum(0, dtype=torch.float64))
+            s2.add_((d.double() ** 2).sum(0))
+            yield d
+
     names = list(predictors)
     for name in names:
-        losses[name] = splice(_blocks(predictors[name], g, fold, F))
+        blocks = _blocks(predictors[name], g, fold, F)
+        losses[name] = splice(summed(blocks) if name == "descriptions" else blocks)
     idx = np.flatnonzero(live)
     null_losses = []
     if "descriptions" in predictors and len(idx) > 1:
-        # the descriptions' mean and spread over every token first (float64 sums over the blocks), then one more
-        # pass that deals each block's descriptions to the wrong features for every shuffle at once
-        s1, s2 = torch.zeros(F, dtype=torch.float64), torch.zeros(F, dtype=torch.float64)
-        for d in _blocks(predictors["descriptions"], g, fold, F):
-            s1 += d.sum(0, dtype=torch.float64)
-            s2 += (d.double() ** 2).sum(0)
+        # one more pass deals each block's descriptions to the wrong features for a group of shuffles at once
         mu = (s1 / len(g)).float()
         sd = (s2 / len(g) - (s1 / len(g)) ** 2).clamp_(min=0).sqrt_().float()
         shuffles = []
